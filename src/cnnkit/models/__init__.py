@@ -1,0 +1,6 @@
+"""Models: Sequential, residual blocks, the zoo and the summary table (floor 3)."""
+
+from .sequential import Sequential
+
+# --- residual, zoo (models/residual.py, models/zoo.py) ---
+# --- end residual, zoo ---
