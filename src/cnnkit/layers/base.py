@@ -38,9 +38,7 @@ def layer_class(name: str) -> type[Layer]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown layer type {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+        raise ConfigError(f"unknown layer type {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def _snake(name: str) -> str:
@@ -58,9 +56,7 @@ class Layer:
         cls.registry_name = cls.__name__
         _REGISTRY[cls.__name__] = cls
 
-    def __init__(
-        self, *, name: str | None = None, seed: int | None = None, dtype: Any = np.float32
-    ) -> None:
+    def __init__(self, *, name: str | None = None, seed: int | None = None, dtype: Any = np.float32) -> None:
         self.name = name or _snake(type(self).__name__)
         self.seed = seed
         self.dtype = np.dtype(dtype)
@@ -73,6 +69,8 @@ class Layer:
         self.output_shape: Shape | None = None
         self.built = False
         self.training = True
+        #: When False, optimizers skip this layer's parameters and they count as non-trainable.
+        self.trainable = True
         self._cache: Any = None
 
     # ----------------------------------------------------------------- building
@@ -94,6 +92,23 @@ class Layer:
     def children(self) -> dict[str, Layer]:
         """Named sub-layers (empty for a leaf layer)."""
         return {}
+
+    def rng_state(self) -> dict[str, Any] | None:
+        """JSON-able state of a random generator the layer draws from while training (dropout).
+
+        Checkpoints save it so a resumed run draws the same masks as an uninterrupted one. Layers with no
+        training-time randomness return None.
+        """
+        return None
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rng_state` returned."""
+
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        """Yield ``(dotted_name, layer)`` for this layer's descendants, depth first (self excluded)."""
+        for key, child in self.children().items():
+            yield prefix + key, child
+            yield from child.named_layers(f"{prefix}{key}.")
 
     def _seed_children(self) -> None:
         """Give unseeded children a seed derived from this layer's seed and their name."""
@@ -118,9 +133,7 @@ class Layer:
             )
         if not self.built:
             if x.ndim < 2:
-                raise ShapeError(
-                    f"{self.name}: input needs a batch axis, got shape {x.shape}"
-                )
+                raise ShapeError(f"{self.name}: input needs a batch axis, got shape {x.shape}")
             self.build(x.shape[1:])
         elif tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(
@@ -212,14 +225,21 @@ class Layer:
             target = store[key]
             value = np.asarray(value)
             if value.shape != target.shape:
-                raise ShapeError(
-                    f"{owner.name}: {name} expected shape {target.shape}, got {value.shape}"
-                )
+                raise ShapeError(f"{owner.name}: {name} expected shape {target.shape}, got {value.shape}")
             target[...] = value.astype(target.dtype, copy=False)
 
-    def count_params(self) -> int:
-        """Number of trainable parameters (buffers such as running statistics are not counted)."""
-        return int(sum(owner.params[key].size for _, owner, key in self.named_parameters()))
+    def count_params(self, trainable_only: bool = True) -> int:
+        """Number of parameters (buffers such as running statistics are never counted).
+
+        With ``trainable_only`` (the default) parameters of layers with ``trainable = False`` are left out.
+        """
+        return int(
+            sum(
+                owner.params[key].size
+                for _, owner, key in self.named_parameters()
+                if owner.trainable or not trainable_only
+            )
+        )
 
     def macs(self) -> int:
         """Multiply-adds for one sample through this layer (after build); 0 where negligible."""

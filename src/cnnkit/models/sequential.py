@@ -49,9 +49,7 @@ class Sequential(ModelMixin, Layer):
     def add(self, layer: Layer, key: str | None = None) -> Sequential:
         """Append ``layer`` under ``key`` (default: its position as a string)."""
         if not isinstance(layer, Layer):
-            raise ConfigError(
-                f"{self.name}: can only add cnnkit layers, got {type(layer).__name__}"
-            )
+            raise ConfigError(f"{self.name}: can only add cnnkit layers, got {type(layer).__name__}")
         key = str(len(self.layers)) if key is None else str(key)
         if key in self.layers:
             raise ConfigError(f"{self.name}: a child called {key!r} already exists")

@@ -31,4 +31,6 @@ def make_rng(seed: int | None) -> np.random.Generator:
 
 def child_seed(seed: int, key: str) -> int:
     """A seed for the child called ``key`` of something seeded with ``seed`` (stable across runs)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())]).generate_state(1)[0])
+    return int(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())]).generate_state(1)[0]
+    )

@@ -1,0 +1,60 @@
+"""The ``cnnkit`` command (floor 6): ``cnnkit train | evaluate | predict | summary | explain | show | bench``.
+
+Each subcommand lives in its own module ``cnnkit/cli/<name>.py`` with a ``register(subparsers)`` function
+that adds its parser and sets ``func`` to a ``run(args) -> int`` callable. Modules import only
+``argparse`` at top level; the heavy imports happen inside ``run``, so ``cnnkit --help`` and
+``cnnkit predict`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import CnnkitError
+
+SUBCOMMANDS = ("train", "evaluate", "predict", "summary", "explain", "show", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="cnnkit",
+        description="Convolutional neural networks from first principles on NumPy.",
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"cnnkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        if args.command is None and argv is None and len(sys.argv) == 1:
+            # `cnnkit` alone prints help; `cnnkit train` with no arguments is the main job.
+            parser.print_help()
+            return 0
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CnnkitError as err:
+        print(f"cnnkit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
+        return 130
