@@ -1,1 +1,18 @@
-"""cnnkit.io."""
+"""Safe model files (floor 4): the safetensors layout, and cnnkit models and checkpoints stored in it.
+
+No pickle anywhere: tensors are raw little-endian bytes, everything else is JSON.
+"""
+
+from .model_file import Checkpoint, ModelFileExistsError, load_model, read_checkpoint, save_model
+from .safetensors import load_file, read_header, save_file
+
+__all__ = [
+    "Checkpoint",
+    "ModelFileExistsError",
+    "load_file",
+    "load_model",
+    "read_checkpoint",
+    "read_header",
+    "save_file",
+    "save_model",
+]

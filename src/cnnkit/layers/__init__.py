@@ -3,6 +3,13 @@
 from .base import Layer
 
 # --- conv (layers/conv.py) ---
+from .conv import Conv2D
 # --- end conv ---
 # --- pool, activations, dense, flatten, dropout, norm ---
+from .activations import LeakyReLU, ReLU, Softmax
+from .dense import Dense
+from .dropout import Dropout
+from .norm import BatchNorm1D, BatchNorm2D
+from .pool import AdaptiveAvgPool2D, AvgPool2D, GlobalAvgPool2D, MaxPool2D, MinPool2D
+from .reshape import Flatten
 # --- end pool etc ---

@@ -1,0 +1,658 @@
+"""2-D convolution: output sizes, im2col/col2im, and the forward and backward kernels (notes §3, §11).
+
+Layout and dtype
+----------------
+Arrays are NCHW: ``x`` is ``(N, C, H, W)``, the weight ``w`` is ``(F, C // groups, KH, KW)`` and the bias
+``b`` is ``(F,)``. float32 stays float32 and float64 stays float64. Inside, the kernels work
+channels-last (NHWC), which lets the im2col copy move runs of ``KW * C`` contiguous numbers and turns the
+convolution into one matrix product with the output already in NHWC order. The arrays returned keep
+the NCHW *shape* (``out.shape == (N, F, OH, OW)``); their *memory* is channels-last (a transposed view
+of an NHWC buffer, as PyTorch's ``channels_last``). Every NumPy operation sees an ordinary NCHW array;
+call ``np.ascontiguousarray(out)`` if C-ordered memory is needed. A channels-last input is used without
+a layout copy.
+
+Cross-correlation versus convolution
+------------------------------------
+The notes define convolution in §3.2 with a flipped kernel,
+``(I * K)[i, j] = sum_m sum_n I[i - m, j - n] K[m, n]``, but their worked example in §3.3 slides the
+kernel *without* flipping it, which is cross-correlation,
+``out[i, j] = sum_m sum_n I[i + m, j + n] K[m, n]``. Every deep-learning framework (PyTorch, Keras,
+TensorFlow, JAX) computes cross-correlation and calls it convolution; so does :func:`conv2d` by default.
+With ``flip_kernel=True`` it computes the true convolution of §3.2 (the kernel turned by 180 degrees),
+restricted to the positions where the kernel lies inside the padded input. For a learned kernel the
+difference does not matter (the network learns the flipped kernel instead); for a hand-written kernel
+such as §3.3's edge detector it changes the sign of the answer.
+
+With stride ``(sh, sw)``, dilation ``(dh, dw)`` and the input zero-padded to ``xp``, the forward pass is
+(for filter ``f`` in group ``g``, ``Cg = C // groups`` input channels per group)::
+
+    out[n, f, i, j] = b[f] + sum_{c < Cg, p < KH, q < KW}
+                      xp[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw] * w[f, c, p, q]
+
+Output size (notes §3.4, generalised): ``OH = floor((H + pt + pb - dh*(KH-1) - 1) / sh) + 1``.
+
+As a matrix product (notes §11.1): ``im2col(x)`` has one row per output position and one column per
+kernel tap, so the forward pass is ``im2col(x) @ w.reshape(F, -1).T``: one GEMM per convolution (per
+group), for the whole batch at once.
+
+Backward (notes §7.2, §11.2), with ``dY = dL/dout`` as an ``(N*OH*OW, F)`` matrix and ``X = im2col(x)``:
+
+- ``dL/dw = dY^T @ X``. Written out, ``dw[f, c, p, q] = sum_{n,i,j} dout[n, f, i, j] *
+  xp[n, c, i*sh + p*dh, j*sw + q*dw]``: the *cross-correlation* of the padded input with ``dout``
+  (``dout`` used as the kernel, its taps spread ``stride`` apart, the result sampled ``dilation``
+  apart). The notes' §11.2 writes "convolution(dL/dO, I)"; for stride 1, no dilation it is exactly
+  the valid cross-correlation ``corr(I, dL/dO)``, not a flipped-kernel convolution.
+- ``dL/dx = col2im(dY @ W)``: every output position sends ``dout * w`` back to the pixels it read,
+  overlapping contributions added. This is the "full" convolution of ``dout`` (with ``stride - 1``
+  zeros between its entries) with the kernel, i.e. a full cross-correlation with the flipped kernel,
+  cropped by the padding.
+- ``dL/db[f] = sum_{n,i,j} dout[n, f, i, j]`` (computed as ``ones @ dY``).
+
+With ``flip_kernel=True`` the same formulas hold for the flipped kernel and ``dw`` is flipped back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..errors import ConfigError, DTypeError, ShapeError
+from ._args import Padding4, Pair, check_array, pair
+
+__all__ = [
+    "conv_output_size",
+    "im2col",
+    "col2im",
+    "conv2d",
+    "conv2d_forward",
+    "conv2d_backward",
+]
+
+PaddingArg = int | Sequence[int] | str
+IntOrPair = int | Sequence[int]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------- sizes and arguments
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def conv_output_size(
+    size: int, kernel: int, padding: int = 0, stride: int = 1, dilation: int = 1
+) -> int:
+    """Output length of a convolution (or pooling) along one axis (notes §3.4).
+
+    ``out = floor((size + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1``
+
+    With ``dilation = 1`` this is the notes' ``(W - F + 2P) / S + 1``, rounded *down* when the
+    division is not exact: the last window that does not fit is dropped (6, kernel 3, stride 2 gives
+    ``floor(1.5) + 1 = 2``). A dilated kernel covers ``dilation*(kernel - 1) + 1`` pixels.
+
+    >>> conv_output_size(32, 3, padding=1)  # notes §5, layer 1
+    32
+    >>> conv_output_size(100, 3, padding=1, stride=2)  # exercise 1.2: 50.5 floored
+    50
+
+    Raises :class:`~cnnkit.errors.ConfigError` if an argument is not an int in range or the result
+    is smaller than 1 (the kernel does not fit in the padded input).
+    """
+    op = "conv_output_size"
+    for name, value, minimum in (
+        ("size", size, 1),
+        ("kernel", kernel, 1),
+        ("padding", padding, 0),
+        ("stride", stride, 1),
+        ("dilation", dilation, 1),
+    ):
+        if not _is_int(value) or value < minimum:
+            raise ConfigError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
+    out = _out_len(int(size), int(kernel), int(padding), int(padding), int(stride), int(dilation))
+    if out < 1:
+        raise ConfigError(
+            f"{op}: kernel {kernel} (dilation {dilation}, covering "
+            f"{dilation * (kernel - 1) + 1} pixels) does not fit in size {size} + 2*padding "
+            f"{padding} = {size + 2 * padding}; output size would be {out}"
+        )
+    return out
+
+
+def _out_len(size: int, kernel: int, lo: int, hi: int, stride: int, dilation: int) -> int:
+    return (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _resolve_padding(
+    padding: PaddingArg, kernel: Pair, stride: Pair, dilation: Pair, op: str
+) -> Padding4:
+    """Normalise ``padding`` to ``(top, bottom, left, right)``.
+
+    Accepts an int, a pair ``(ph, pw)``, a 4-tuple ``(top, bottom, left, right)``, ``'valid'`` (no
+    padding) or ``'same'`` (output size equals input size; stride 1 only, as in PyTorch). For an even
+    effective kernel ``'same'`` puts the extra row/column at the bottom/right, as PyTorch does.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ConfigError(
+                    f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride {stride}"
+                )
+            th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ConfigError(
+            f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
+        )
+    if _is_int(padding):
+        values: tuple[int, ...] = (int(padding),) * 4
+    elif (
+        isinstance(padding, Sequence)
+        and len(padding) in (2, 4)
+        and all(_is_int(v) for v in padding)
+    ):
+        values = tuple(int(v) for v in padding)
+        if len(values) == 2:
+            values = (values[0], values[0], values[1], values[1])
+    else:
+        raise ConfigError(
+            f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
+        )
+    if min(values) < 0:
+        raise ConfigError(f"{op}: padding must be >= 0, got {padding!r}")
+    return values  # type: ignore[return-value]
+
+
+class _Spec(NamedTuple):
+    """Normalised geometry of one convolution."""
+
+    x_shape: tuple[int, int, int, int]
+    kernel: Pair
+    stride: Pair
+    pad: Padding4
+    dilation: Pair
+    groups: int
+    out_hw: Pair
+
+    @property
+    def padded_hw(self) -> Pair:
+        t, b, l, r = self.pad
+        return self.x_shape[2] + t + b, self.x_shape[3] + l + r
+
+
+def _geometry(
+    op: str,
+    x_shape: tuple[int, ...],
+    kernel: Pair,
+    stride: IntOrPair,
+    padding: PaddingArg,
+    dilation: IntOrPair,
+    groups: int,
+    where: str,
+) -> _Spec:
+    stride_p = pair(stride, "stride", op)
+    dilation_p = pair(dilation, "dilation", op)
+    pad = _resolve_padding(padding, kernel, stride_p, dilation_p, op)
+    _, _, h, w = x_shape
+    t, b, l, r = pad
+    oh = _out_len(h, kernel[0], t, b, stride_p[0], dilation_p[0])
+    ow = _out_len(w, kernel[1], l, r, stride_p[1], dilation_p[1])
+    if oh < 1 or ow < 1:
+        eh, ew = dilation_p[0] * (kernel[0] - 1) + 1, dilation_p[1] * (kernel[1] - 1) + 1
+        raise ShapeError(
+            f"{op}: the kernel ({kernel[0]}x{kernel[1]}, dilation {dilation_p}, covering "
+            f"{eh}x{ew} pixels) is larger than the padded input ({h + t + b}x{w + l + r}, padding "
+            f"(top, bottom, left, right) = {pad}) for {where}; output size would be ({oh}, {ow})"
+        )
+    return _Spec(tuple(x_shape), kernel, stride_p, pad, dilation_p, groups, (oh, ow))  # type: ignore[arg-type]
+
+
+def _check_float(arr: np.ndarray, op: str, name: str) -> None:
+    if arr.dtype not in _FLOATS:
+        raise DTypeError(f"{op}: {name} must be float32 or float64, got {arr.dtype}")
+
+
+def _check_conv(
+    op: str,
+    x: object,
+    w: object,
+    b: object,
+    stride: IntOrPair,
+    padding: PaddingArg,
+    dilation: IntOrPair,
+    groups: int,
+) -> _Spec:
+    """Validate every argument of :func:`conv2d_forward`; return the normalised geometry."""
+    x = check_array(x, op, "x", ndim=4)
+    w = check_array(w, op, "w")
+    if w.ndim != 4:
+        raise ShapeError(
+            f"{op}: w must have 4 dimensions (F, C // groups, KH, KW), got {w.ndim} with shape "
+            f"{w.shape}"
+        )
+    _check_float(x, op, "x")
+    if w.dtype != x.dtype:
+        raise DTypeError(
+            f"{op}: x and w must have the same dtype, got x {x.dtype} and w {w.dtype}; "
+            f"cast one, e.g. w.astype(np.{x.dtype})"
+        )
+    if min(x.shape[1:]) < 1 or min(w.shape) < 1:
+        raise ShapeError(
+            f"{op}: x (N, C, H, W) and w (F, C // groups, KH, KW) need C, H, W, F, KH, KW >= 1, "
+            f"got x {x.shape} and w {w.shape}"
+        )
+    if not _is_int(groups) or groups < 1:
+        raise ConfigError(f"{op}: groups must be an int >= 1, got {groups!r}")
+    groups = int(groups)
+    n, c, h, width = x.shape
+    f, cg, kh, kw = w.shape
+    if c % groups:
+        raise ConfigError(
+            f"{op}: groups={groups} must divide the input channels C={c} (x shape {x.shape})"
+        )
+    if f % groups:
+        raise ConfigError(
+            f"{op}: groups={groups} must divide the filters F={f} (w shape {w.shape})"
+        )
+    if cg * groups != c:
+        raise ShapeError(
+            f"{op}: channel mismatch: x has C={c} channels (shape {x.shape}) but w expects "
+            f"w.shape[1] * groups = {cg} * {groups} = {cg * groups} (w shape {w.shape})"
+        )
+    if b is not None:
+        if not isinstance(b, np.ndarray):
+            raise DTypeError(f"{op}: b must be a numpy.ndarray or None, got {type(b).__name__}")
+        if b.shape != (f,):
+            raise ShapeError(f"{op}: b must have shape (F,) = ({f},), got {b.shape}")
+        if b.dtype != x.dtype:
+            raise DTypeError(
+                f"{op}: b must have the dtype of x ({x.dtype}), got {b.dtype}"
+            )
+    where = f"x of shape {x.shape} and w of shape {w.shape}"
+    return _geometry(op, x.shape, (kh, kw), stride, padding, dilation, groups, where)
+
+
+# ----------------------------------------------------------------------------- strided kernels
+def _pad_channels_last(x: np.ndarray, pad: Padding4) -> np.ndarray:
+    """Zero-pad ``x`` (N, C, H, W); the result has channels-last memory (a view of an NHWC buffer).
+
+    One copy, or none when there is no padding and ``x`` already has channels-last memory.
+    """
+    n, c, h, w = x.shape
+    t, b, l, r = pad
+    xt = x.transpose(0, 2, 3, 1)
+    if not any(pad):
+        return np.ascontiguousarray(xt).transpose(0, 3, 1, 2)
+    hp, wp = h + t + b, w + l + r
+    buf = np.empty((n, hp, wp, c), dtype=x.dtype)
+    buf[:, :t] = 0
+    buf[:, t + h :] = 0
+    buf[:, t : t + h, :l] = 0
+    buf[:, t : t + h, l + w :] = 0
+    buf[:, t : t + h, l : l + w] = xt
+    return buf.transpose(0, 3, 1, 2)
+
+
+def _windows(xp: np.ndarray, spec: _Spec, order: str) -> np.ndarray:
+    """A read-only strided view of every kernel window of ``xp`` (N, C, Hp, Wp); no copy.
+
+    ``order='grouped'`` gives axes (N, OH, OW, G, KH, KW, C // G) (NHWC tap order, the GEMM's);
+    ``order='chw'`` gives (N, OH, OW, C, KH, KW) (the public im2col's column order).
+    """
+    n, c = xp.shape[:2]
+    s_n, s_c, s_h, s_w = xp.strides
+    kh, kw = spec.kernel
+    (sh, sw), (dh, dw), (oh, ow) = spec.stride, spec.dilation, spec.out_hw
+    lead_shape, lead_strides = (n, oh, ow), (s_n, s_h * sh, s_w * sw)
+    if order == "grouped":
+        g = spec.groups
+        shape = (*lead_shape, g, kh, kw, c // g)
+        strides = (*lead_strides, s_c * (c // g), s_h * dh, s_w * dw, s_c)
+    else:
+        shape = (*lead_shape, c, kh, kw)
+        strides = (*lead_strides, s_c, s_h * dh, s_w * dw)
+    return as_strided(xp, shape=shape, strides=strides, writeable=False)
+
+
+def _col2im_taps(taps: np.ndarray, spec: _Spec, channels_first: bool = False) -> np.ndarray:
+    """Adjoint of the window gather: add every tap's values back to the pixels it was read from.
+
+    ``taps`` is ``(KH, KW, N, OH, OW, *channels)`` (any strides): ``taps[p, q]`` holds, for every
+    output position, the gradient sent to the pixel under kernel tap ``(p, q)``. A loop over the
+    KH*KW kernel offsets, each adding one strided slice of the padded gradient (Chainer's
+    ``col2im_cpu``); no loop over pixels or images. The accumulator is NHWC, or CNHW with
+    ``channels_first`` (one channel axis only) to match taps laid out that way, so every add runs
+    over contiguous memory. Returns dx (N, C, H, W) without the padding.
+    """
+    kh, kw, n, oh, ow = taps.shape[:5]
+    channels = taps.shape[5:]
+    _, _, h, w = spec.x_shape
+    hp, wp = spec.padded_hw
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    t, _, l, _ = spec.pad
+    if channels_first:
+        dxp = np.zeros((*channels, n, hp, wp), dtype=taps.dtype).transpose(1, 2, 3, 0)
+    else:
+        dxp = np.zeros((n, hp, wp, *channels), dtype=taps.dtype)
+    for p in range(kh):
+        rows = slice(p * dh, p * dh + sh * (oh - 1) + 1, sh)
+        for q in range(kw):
+            cols = slice(q * dw, q * dw + sw * (ow - 1) + 1, sw)
+            dxp[:, rows, cols] += taps[p, q]
+    dx = dxp.reshape(n, hp, wp, -1)[:, t : t + h, l : l + w]
+    return dx.transpose(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------- public im2col/col2im
+def _im2col_args(
+    op: str, kernel_size: IntOrPair, x_shape: tuple[int, ...], stride, padding, dilation
+) -> _Spec:
+    kernel = pair(kernel_size, "kernel_size", op)
+    return _geometry(
+        op, x_shape, kernel, stride, padding, dilation, 1, f"input of shape {x_shape}"
+    )
+
+
+def im2col(
+    x: np.ndarray,
+    kernel_size: IntOrPair,
+    stride: IntOrPair = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrPair = 1,
+) -> np.ndarray:
+    """Unfold every kernel window of ``x`` (N, C, H, W) into a row (notes §11.1).
+
+    Returns ``cols`` of shape ``(N*OH*OW, C*KH*KW)``: row ``(n*OH + i)*OW + j`` holds the window
+    under output position ``(i, j)`` of image ``n``, its columns ordered ``(c, kh, kw)`` so that
+    ``im2col(x, ...) @ w.reshape(F, -1).T`` is the convolution (as an ``(N*OH*OW, F)`` matrix).
+    Built from a strided view with a single copy (plus one for padding).
+
+    >>> x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)  # notes §11.1: x11..x33 -> 1..9
+    >>> im2col(x, 2)
+    array([[1., 2., 4., 5.],
+           [2., 3., 5., 6.],
+           [4., 5., 7., 8.],
+           [5., 6., 8., 9.]])
+    """
+    op = "im2col"
+    x = check_array(x, op, "x", ndim=4)
+    spec = _im2col_args(op, kernel_size, x.shape, stride, padding, dilation)
+    xp = x if not any(spec.pad) else _pad_channels_last(x, spec.pad)
+    n, c = x.shape[:2]
+    oh, ow = spec.out_hw
+    kh, kw = spec.kernel
+    return np.ascontiguousarray(_windows(xp, spec, "chw")).reshape(n * oh * ow, c * kh * kw)
+
+
+def col2im(
+    cols: np.ndarray,
+    x_shape: Sequence[int],
+    kernel_size: IntOrPair,
+    stride: IntOrPair = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrPair = 1,
+) -> np.ndarray:
+    """The adjoint of :func:`im2col`: scatter rows back to an ``x_shape`` array, summing overlaps.
+
+    ``cols`` is ``(N*OH*OW, C*KH*KW)`` in :func:`im2col`'s order; the result has shape ``x_shape``
+    (N, C, H, W), and the values that fell on the padding are dropped. It satisfies
+    ``sum(im2col(x) * cols) == sum(x * col2im(cols, x.shape))``, which is why the backward pass of the
+    convolution uses it: ``dx = col2im(dY @ W)``.
+    """
+    op = "col2im"
+    cols = check_array(cols, op, "cols", ndim=2)
+    if len(tuple(x_shape)) != 4 or not all(_is_int(s) and s >= 1 for s in x_shape):
+        raise ShapeError(f"{op}: x_shape must be 4 positive ints (N, C, H, W), got {x_shape!r}")
+    x_shape = tuple(int(s) for s in x_shape)
+    spec = _im2col_args(op, kernel_size, x_shape, stride, padding, dilation)
+    n, c = x_shape[:2]
+    (oh, ow), (kh, kw) = spec.out_hw, spec.kernel
+    expected = (n * oh * ow, c * kh * kw)
+    if cols.shape != expected:
+        raise ShapeError(
+            f"{op}: cols must have shape (N*OH*OW, C*KH*KW) = {expected} for x_shape {x_shape}, "
+            f"got {cols.shape}"
+        )
+    taps = cols.reshape(n, oh, ow, c, kh, kw).transpose(4, 5, 0, 1, 2, 3)
+    return _col2im_taps(taps, spec)
+
+
+# ----------------------------------------------------------------------------- forward / backward
+class _ConvCache(NamedTuple):
+    """What :func:`conv2d_backward` needs: the unfolded input and the weight as GEMM operands."""
+
+    cols: np.ndarray  # (M, G, Kg [+ 1]): taps in (kh, kw, c) order, then a ones column for the bias
+    wmat: np.ndarray  # (G, Kg [+ 1], Fg): the weight (and bias row) as the GEMM's right operand
+    spec: _Spec
+    filters: int
+    has_bias: bool
+    flip_kernel: bool
+    pointwise: bool  # the 1x1 fast path: no im2col, no col2im, bias added after the GEMM
+
+    @property
+    def bias_folded(self) -> bool:
+        """Whether the bias is a row of ``wmat`` (times a ones column of ``cols``)."""
+        return self.has_bias and not self.pointwise
+
+
+def _weight_matrix(w: np.ndarray, groups: int, b: np.ndarray | None) -> np.ndarray:
+    """``w`` (F, Cg, KH, KW) as ``(G, KH*KW*Cg [+ 1], F//G)``, taps in (kh, kw, c) order.
+
+    With ``b``, its values are the last row, so ``[X, 1] @ [[W], [b]] = X @ W + b`` inside one GEMM.
+    The result is a transposed view of a C-ordered ``(G, F//G, K)`` array (what BLAS wants).
+    """
+    f, cg, kh, kw = w.shape
+    k = kh * kw * cg
+    wt = np.empty((groups, f // groups, k + (b is not None)), dtype=w.dtype)
+    wg = w.reshape(groups, f // groups, cg, kh, kw).transpose(0, 1, 3, 4, 2)
+    wt[:, :, :k] = wg.reshape(groups, f // groups, k)
+    if b is not None:
+        wt[:, :, k] = b.reshape(groups, f // groups)
+    return wt.transpose(0, 2, 1)
+
+
+def _unfold(xp: np.ndarray, spec: _Spec, ones_column: bool) -> np.ndarray:
+    """im2col in GEMM layout: ``(N*OH*OW, G, KH*KW*Cg [+ 1])``, one strided copy.
+
+    The copy moves runs of ``KW * Cg`` contiguous numbers when ``xp`` is channels-last. With
+    ``ones_column`` each group's row ends in a 1 (the bias input).
+    """
+    windows = _windows(xp, spec, "grouped")  # (N, OH, OW, G, KH, KW, Cg)
+    n, oh, ow, g, kh, kw, cg = windows.shape
+    k = kh * kw * cg
+    if not ones_column:
+        return np.ascontiguousarray(windows).reshape(n * oh * ow, g, k)
+    cols = np.empty((n * oh * ow, g, k + 1), dtype=xp.dtype)
+    item = cols.itemsize
+    target = as_strided(
+        cols,
+        shape=windows.shape,
+        strides=tuple(
+            item * s
+            for s in (oh * ow * g * (k + 1), ow * g * (k + 1), g * (k + 1), k + 1, kw * cg, cg, 1)
+        ),
+    )
+    np.copyto(target, windows)
+    cols[:, :, k] = 1
+    return cols
+
+
+def _grouped_matmul(a: np.ndarray, bmat: np.ndarray) -> np.ndarray:
+    """``out[:, g] = a[:, g] @ bmat[g]`` for ``a`` (M, G, K) and ``bmat`` (G, K, P) -> (M, G, P)."""
+    m, g, _ = a.shape
+    if g == 1:
+        return np.matmul(a[:, 0], bmat[0])[:, None]
+    out = np.empty((m, g, bmat.shape[2]), dtype=a.dtype)
+    np.matmul(a.transpose(1, 0, 2), bmat, out=out.transpose(1, 0, 2))
+    return out
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    flip_kernel: bool = False,
+) -> tuple[np.ndarray, _ConvCache]:
+    """2-D convolution (cross-correlation, see the module docstring) and a cache for backward.
+
+    Args:
+        x: input ``(N, C, H, W)``, float32 or float64.
+        w: filters ``(F, C // groups, KH, KW)``, same dtype as ``x``.
+        b: bias ``(F,)`` or None.
+        stride, dilation: int or ``(vertical, horizontal)`` pair, >= 1.
+        padding: int, ``(ph, pw)``, ``(top, bottom, left, right)``, ``'valid'`` or ``'same'``
+            (stride 1 only; an even effective kernel gets the extra row/column at the
+            bottom/right, as in PyTorch).
+        groups: split channels into ``groups`` independent convolutions (``groups == C`` is a
+            depthwise convolution).
+        flip_kernel: compute the true convolution of notes §3.2 (kernel turned by 180 degrees)
+            instead of the cross-correlation every framework computes.
+
+    Returns:
+        ``out`` ``(N, F, OH, OW)`` (channels-last memory) and the cache for :func:`conv2d_backward`.
+
+    A 1x1, stride-1, unpadded convolution (notes §8.1) skips im2col: it is one matrix product over
+    the channel axis. Everything else is one strided im2col copy and one GEMM per group.
+    """
+    op = "conv2d"
+    spec = _check_conv(op, x, w, b, stride, padding, dilation, groups)
+    n = x.shape[0]
+    f = w.shape[0]
+    (oh, ow), g = spec.out_hw, spec.groups
+    if flip_kernel:
+        w = w[:, :, ::-1, ::-1]
+    pointwise = spec.kernel == (1, 1) and spec.stride == (1, 1) and not any(spec.pad) and g == 1
+    if pointwise:
+        # notes §8.1: a 1x1 convolution mixes channels only: (N*H*W, C) @ (C, F); no im2col, and
+        # no copy at all when x already has channels-last memory.
+        cols = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * oh * ow, 1, -1)
+        wmat = _weight_matrix(w, g, None)
+    else:
+        # the bias rides in the GEMM as a ones column: no separate pass over the output
+        cols = _unfold(_pad_channels_last(x, spec.pad), spec, ones_column=b is not None)
+        wmat = _weight_matrix(w, g, b)
+    out = _grouped_matmul(cols, wmat).reshape(n * oh * ow, f)
+    if pointwise and b is not None:
+        out += b
+    out = out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+    cache = _ConvCache(cols, wmat, spec, f, b is not None, bool(flip_kernel), pointwise)
+    return out, cache
+
+
+_NARROW_C = 8  # below this many input channels dX is computed transposed (see _input_grad)
+
+
+def _input_grad(dy: np.ndarray, cache: _ConvCache) -> np.ndarray:
+    """``col2im(dY @ W)`` laid out so the scatter-adds run over contiguous memory.
+
+    ``dY`` is ``(M, F)``. The same product in the layout that suits the shape:
+
+    - 1x1 fast path: ``dY @ W`` is already dx in NHWC; nothing to scatter.
+    - one group, ``C >= 8``: a batched GEMM gives one contiguous ``(M, C)`` slab per kernel tap,
+      ``(KH*KW, M, C)``; each scatter-add then moves runs of ``OW * C`` numbers.
+    - one group, ``C < 8`` (a first layer on RGB or grey images): ``W^T @ dY^T`` gives
+      ``(KH*KW*C, M)``, one contiguous ``(N, OH, OW)`` plane per tap and channel; the GEMM stays a
+      single wide product and the adds run along image rows (a CNHW accumulator, copied to
+      channels-last at the end; dx is small when C is).
+    - groups: one ``(M, G, Kg)`` grouped product, scattered per tap.
+    """
+    spec = cache.spec
+    n, c = spec.x_shape[:2]
+    (oh, ow), (kh, kw), g = spec.out_hw, spec.kernel, spec.groups
+    m, f = dy.shape
+    # (G, Kg, Fg) without the bias row: a transposed view of a C-ordered (G, Fg, Kg) array
+    wmat = cache.wmat[:, : kh * kw * (c // g)]
+    if cache.pointwise:
+        return (dy @ wmat[0].T).reshape(n, oh, ow, c).transpose(0, 3, 1, 2)
+    if g == 1 and c >= _NARROW_C:
+        w_taps = wmat[0].T.reshape(f, kh * kw, c).transpose(1, 0, 2)  # (KH*KW, F, C), no copy
+        taps = np.matmul(dy, w_taps).reshape(kh, kw, n, oh, ow, c)
+        return _col2im_taps(taps, spec)
+    if g == 1:
+        planes = (wmat[0] @ dy.T).reshape(kh, kw, c, n, oh, ow)
+        dx = _col2im_taps(planes.transpose(0, 1, 3, 4, 5, 2), spec, channels_first=True)
+        # back to channels-last memory like every other result (dx has only C < 8 channels)
+        return np.ascontiguousarray(dx.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    cg = c // g
+    dcols = _grouped_matmul(dy.reshape(m, g, f // g), wmat.transpose(0, 2, 1))
+    taps = dcols.reshape(n, oh, ow, g, kh, kw, cg).transpose(4, 5, 0, 1, 2, 3, 6)
+    return _col2im_taps(taps, spec)
+
+
+def conv2d_backward(
+    dout: np.ndarray, cache: _ConvCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)`` for ``dout = dL/dout``.
+
+    ``dx`` has ``x``'s shape, ``dw`` ``w``'s, ``db`` is ``(F,)`` or None when the forward pass had
+    no bias. ``dw = dY^T @ im2col(x)`` (the cross-correlation of the input with ``dout``),
+    ``dx = col2im(dY @ W)`` (a full convolution of ``dout`` with the kernel), ``db = ones @ dY``
+    (the sum of ``dout`` over N, H, W); see the module docstring. ``dout`` is cast to the forward
+    pass's dtype.
+    """
+    op = "conv2d_backward"
+    if not isinstance(cache, _ConvCache):
+        raise ConfigError(f"{op}: cache must come from conv2d_forward, got {type(cache).__name__}")
+    spec = cache.spec
+    n = spec.x_shape[0]
+    (oh, ow), f, g = spec.out_hw, cache.filters, spec.groups
+    dout = check_array(dout, op, "dout", ndim=4)
+    if dout.shape != (n, f, oh, ow):
+        raise ShapeError(
+            f"{op}: dout must have the output's shape (N, F, OH, OW) = {(n, f, oh, ow)}, "
+            f"got {dout.shape}"
+        )
+    dtype = cache.cols.dtype
+    dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(n * oh * ow, f)
+
+    m, kh, kw = n * oh * ow, *spec.kernel
+    cg = spec.x_shape[1] // g
+    k = kh * kw * cg
+
+    # dw[g] = dY[:, g]^T @ X[:, g] -> (G, Fg, Kg [+ 1]); with the folded bias the last column is
+    # dY^T @ ones = db
+    dwmat = np.matmul(dy.reshape(m, g, f // g).transpose(1, 2, 0), cache.cols.transpose(1, 0, 2))
+    if cache.bias_folded:
+        db = dwmat[:, :, k].reshape(f)
+    elif cache.has_bias:
+        db = np.ones(m, dtype=dtype) @ dy
+    else:
+        db = None
+    dw = dwmat[:, :, :k].reshape(f, kh, kw, cg).transpose(0, 3, 1, 2)
+    if cache.flip_kernel:
+        dw = dw[:, :, ::-1, ::-1]
+    dw = np.ascontiguousarray(dw)
+
+    # dX = col2im(dY @ W): each tap's (M, C) slab, scattered back to the pixels it was read from
+    dx = _input_grad(dy, cache)
+    return dx, dw, db
+
+
+def conv2d(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    flip_kernel: bool = False,
+) -> np.ndarray:
+    """Forward-only :func:`conv2d_forward` (same arguments); returns ``out`` (N, F, OH, OW).
+
+    Notes §3.3's example, computed as every framework does (cross-correlation):
+
+    >>> image = np.array([[1, 0, 1, 2], [0, 2, 1, 0], [1, 1, 0, 1], [2, 0, 1, 1]], float)
+    >>> kernel = np.array([[-1, 0, 1]] * 3, float)
+    >>> conv2d(image[None, None], kernel[None, None])[0, 0]
+    array([[ 0.,  0.],
+           [-1., -1.]])
+    """
+    return conv2d_forward(x, w, b, stride, padding, dilation, groups, flip_kernel)[0]
