@@ -412,3 +412,48 @@ def test_crash_while_saving_a_model_keeps_the_old_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         load_model(path).state_dict()["0.weight"], _model(seed=1).state_dict()["0.weight"]
     )
+
+
+# ------------------------------------------------------------------------------------ real cnnkit layers
+def _real_model(dtype) -> Sequential:
+    from cnnkit.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+
+    return Sequential(
+        [Conv2D(4, 3, padding=1), BatchNorm2D(), ReLU(), MaxPool2D(2), Dropout(0.5), Flatten(), Dense(5)],
+        input_shape=(3, 8, 8),
+        seed=0,
+        dtype=dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_real_sequential_round_trip(tmp_path, dtype):
+    model = _real_model(dtype)
+    x = np.random.default_rng(1).standard_normal((6, 3, 8, 8)).astype(dtype)
+    model(x, training=True)  # moves the batch-norm running statistics and the dropout generator
+    model.class_names = [f"class {i}" for i in range(5)]
+    model.save(tmp_path / "net.cnnkit", metadata={"preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+
+    loaded = load_model(tmp_path / "net.cnnkit")
+    names = list(loaded.state_dict())
+    assert names == list(model.state_dict())
+    assert {
+        "0.weight",
+        "0.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+        "6.weight",
+    } <= set(names)
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    assert int(loaded.state_dict()["1.num_batches_tracked"]) == 1
+    assert loaded.dtype == np.dtype(dtype) and loaded.state_dict()["6.weight"].dtype == np.dtype(dtype)
+    assert loaded.class_names == model.class_names
+    assert loaded.metadata == {"preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    out = loaded(x, training=False)
+    assert out.dtype == np.dtype(dtype)
+    assert out.tobytes() == model(x, training=False).tobytes()
+    # The dropout generator was restored too: the next training pass draws the same mask.
+    assert loaded(x, training=True).tobytes() == model(x, training=True).tobytes()

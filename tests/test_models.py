@@ -235,7 +235,7 @@ def test_block_forward_and_gradients_equal_torch(label, ours_cls, kind, planes, 
     xt = torch.from_numpy(x).requires_grad_(True)
     yt = twin(xt)  # training mode: batch statistics
     y = ours(x, training=True)
-    scale = float(yt.abs().max())
+    scale = float(yt.detach().abs().max())
     np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-5 * scale)
 
     dy = rng.normal(size=y.shape).astype(np.float32)

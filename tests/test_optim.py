@@ -197,7 +197,10 @@ def test_sgd_momentum_random_shapes_match_torch(shape, lr, momentum, seed):
     model = Sequential([OptimTestParams({"w": shape}, seed=seed, dtype=np.float64)], dtype=np.float64)
     model.build((1,))
     tparams = torch_params(model)
-    ours, theirs = SGD(lr=lr, momentum=momentum), torch.optim.SGD(list(tparams.values()), lr=lr, momentum=momentum)
+    ours, theirs = (
+        SGD(lr=lr, momentum=momentum),
+        torch.optim.SGD(list(tparams.values()), lr=lr, momentum=momentum),
+    )
     rng = np.random.default_rng(seed)
     for _ in range(4):
         set_grads(model, tparams, rng)
@@ -224,7 +227,9 @@ def test_state_dict_round_trip_continues_bit_for_bit(make):
     state = first.state_dict()
     json.dumps(state["config"])  # the config must be JSON-able
     assert all(isinstance(v, np.ndarray) for v in state["arrays"].values())
-    second = optimizer_from_state({"config": json.loads(json.dumps(state["config"])), "arrays": state["arrays"]})
+    second = optimizer_from_state(
+        {"config": json.loads(json.dumps(state["config"])), "arrays": state["arrays"]}
+    )
     assert type(second) is type(first)
     for _ in range(2):
         set_grads(split, torch_params(split), rng_b)
@@ -350,7 +355,9 @@ def test_step_lr_matches_torch(step_size, gamma):
 @pytest.mark.parametrize("t_max, eta_min", [(5, 0.0), (10, 0.001), (3, 0.01)])
 def test_cosine_annealing_matches_torch(t_max, eta_min):
     ours = CosineAnnealingLR(t_max, eta_min)
-    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, t_max, eta_min), 2 * t_max + 3)
+    expected = torch_lrs(
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, t_max, eta_min), 2 * t_max + 3
+    )
     got = [ours.lr_at(e, 0.1) for e in range(2 * t_max + 3)]
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
     assert got[0] == 0.1 and math.isclose(got[t_max], eta_min, abs_tol=1e-15)

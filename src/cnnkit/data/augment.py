@@ -83,7 +83,12 @@ def warp_affine(
 ) -> np.ndarray:
     """Resample every image of ``x`` (N, C, H, W) through its inverse map ``maps[n]`` (2x3), bilinearly.
 
-    ``out[n, :, i, j] = bilinear(x[n], maps[n] @ (i, j, 1))``. Same dtype as ``x`` (uint8 is rounded).
+    ``out[n, :, i, j] = bilinear(x[n], maps[n] @ (i, j, 1))``: with ``(r, c)`` the source point,
+    ``r0 = floor(r)``, ``a = r - r0`` (likewise ``c0``, ``b``), the value is
+    ``(1-a)(1-b) x[r0, c0] + (1-a) b x[r0, c0+1] + a (1-b) x[r0+1, c0] + a b x[r0+1, c0+1]``.
+    ``fill_mode="constant"`` pads the image with ``fill`` (rounded to 0..255 for uint8 images) and then
+    clamps like ``"edge"``, so points far outside read ``fill`` and points near the border blend into it.
+    Same dtype as ``x``; uint8 results are rounded.
     """
     x = _check_batch(x, "warp_affine")
     if fill_mode not in FILL_MODES:
@@ -97,38 +102,38 @@ def warp_affine(
     cols = np.arange(w, dtype=np.float64)[None, :]
     sr = maps[:, 0, 0, None, None] * rows + maps[:, 0, 1, None, None] * cols + maps[:, 0, 2, None, None]
     sc = maps[:, 1, 0, None, None] * rows + maps[:, 1, 1, None, None] * cols + maps[:, 1, 2, None, None]
-    if fill_mode == "edge":
-        sr, sc = np.clip(sr, 0, h - 1), np.clip(sc, 0, w - 1)
+    if fill_mode == "constant":
+        value = float(np.clip(np.rint(fill), 0, 255)) if x.dtype == np.uint8 else fill
+        x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=value)
+        sr, sc = sr + 1, sc + 1
     elif fill_mode == "reflect":
         sr, sc = _reflect(sr, h), _reflect(sc, w)
+    hp, wp = x.shape[2:]
+    sr, sc = np.clip(sr, 0, hp - 1), np.clip(sc, 0, wp - 1)
     r0, c0 = np.floor(sr), np.floor(sc)
-    wr, wc = (sr - r0).astype(work), (sc - c0).astype(work)
+    a = (sr - r0).astype(work).reshape(-1, 1)
+    b = (sc - c0).astype(work).reshape(-1, 1)
     r0, c0 = r0.astype(np.intp), c0.astype(np.intp)
-    flat = x.reshape(n, ch, h * w)
-    batch = np.arange(n)[:, None, None]
-    chans = np.arange(ch)[None, :, None]
-    out = np.zeros((n, ch, h * w), dtype=work)
-    missing = np.zeros((n, 1, h * w), dtype=work) if fill_mode == "constant" else None
-    for dr, dc, weight in (
-        (0, 0, (1 - wr) * (1 - wc)),
-        (0, 1, (1 - wr) * wc),
-        (1, 0, wr * (1 - wc)),
-        (1, 1, wr * wc),
-    ):
-        rr, cc = r0 + dr, c0 + dc
-        valid = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        weight = weight.reshape(n, 1, h * w)
-        if missing is not None:
-            missing += np.where(valid.reshape(n, 1, h * w), 0, weight)
-            weight = np.where(valid.reshape(n, 1, h * w), weight, 0)
-        idx = (np.clip(rr, 0, h - 1) * w + np.clip(cc, 0, w - 1)).reshape(n, 1, h * w)
-        out += weight * flat[batch, chans, idx]
-    if missing is not None and fill != 0:
-        out += missing * work(fill)
-    out = out.reshape(n, ch, h, w)
+    step_r = np.where(r0 < hp - 1, wp, 0).reshape(-1)  # the +1 neighbour, or the pixel itself at the border
+    step_c = (c0 < wp - 1).astype(np.intp).reshape(-1)
+    # Channels-last rows: one gather of C contiguous values per (image, pixel) and neighbour.
+    pixels = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * hp * wp, ch)
+    i00 = ((np.arange(n, dtype=np.intp) * (hp * wp))[:, None, None] + r0 * wp + c0).reshape(-1)
+    i10 = i00 + step_r
+
+    def lerp(lo: np.ndarray, hi: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out = np.subtract(hi, lo, dtype=work)
+        out *= t
+        out += lo
+        return out
+
+    top = lerp(np.take(pixels, i00, axis=0), np.take(pixels, i00 + step_c, axis=0), b)
+    bottom = lerp(np.take(pixels, i10, axis=0), np.take(pixels, i10 + step_c, axis=0), b)
+    out = lerp(top, bottom, a).reshape(n, h, w, ch).transpose(0, 3, 1, 2)
     if x.dtype == np.uint8:
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return out.astype(x.dtype, copy=False)
+        out += 0.5  # values lie in [0, 255]: truncating after +0.5 rounds to nearest
+        return np.ascontiguousarray(out.astype(np.uint8))
+    return np.ascontiguousarray(out, dtype=x.dtype)
 
 
 def rotate(x: np.ndarray, degrees: float, fill_mode: str = "edge", fill: float = 0.0) -> np.ndarray:

@@ -80,11 +80,20 @@ class NetworkExplanation(Explanation):
         lines.append("")
         for k, step in enumerate(self.steps, start=1):
             pad = "    " * step.depth
-            head = f"{pad}{k}. {step.name} ({step.kind})"
+            head = f"{pad}{k}. {step.kind} (layer {step.name})"
             if step.input_shape is not None and step.output_shape is not None:
                 head += f": {notes_shape(step.input_shape)} -> {notes_shape(step.output_shape)}"
             lines.append(head)
             lines.extend(f"{pad}     {line}" for line in step.lines)
+        last = self.steps[-1] if self.steps else None
+        if last is not None and last.kind == "Dense":
+            lines.append(
+                wrap(
+                    "The last layer gives class scores (logits). The notes put a softmax here (§5.8, §6.2); "
+                    "cnnkit applies it inside the cross-entropy loss and in predict(), which is the same "
+                    "function computed more stably."
+                )
+            )
         lines.append("")
         lines.append(f"Total parameters: {thousands(self.total_params)}")
         if self.trainable_params != self.total_params:
@@ -95,7 +104,7 @@ class NetworkExplanation(Explanation):
             share = 100 * biggest.params / self.total_params
             lines.append(
                 wrap(
-                    f"{biggest.name} alone holds {share:.1f}% of the parameters: fully connected layers on a "
+                    f"Layer {biggest.name} ({biggest.kind}) alone holds {share:.1f}% of the parameters: fully connected layers on a "
                     "big flattened input are where a CNN's weights go (the notes' §1.2 argument)."
                 )
             )
@@ -107,6 +116,12 @@ def _pair(value: Any) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[1])
     return int(value), int(value)
+
+
+def _kernel(layer: Layer) -> Any:
+    """A conv layer's ``kernel_size`` or a pooling layer's ``pool_size`` (None for other layers)."""
+    kernel = getattr(layer, "kernel_size", None)
+    return kernel if kernel is not None else getattr(layer, "pool_size", None)
 
 
 def _pad4(layer: Layer) -> tuple[int, int, int, int]:
@@ -122,8 +137,8 @@ def _pad4(layer: Layer) -> tuple[int, int, int, int]:
 
         return _resolve_padding(  # type: ignore[return-value]
             padding,
-            _pair(layer.kernel_size),
-            _pair(getattr(layer, "stride", 1) or layer.kernel_size),
+            _pair(_kernel(layer)),
+            _pair(getattr(layer, "stride", 1) or _kernel(layer)),
             _pair(getattr(layer, "dilation", 1)),
             layer.name,
         )
@@ -153,9 +168,9 @@ def _axis_formula(size: int, kernel: int, lo: int, hi: int, stride: int, dilatio
 
 
 def _window_lines(layer: Layer, in_shape: Shape, out_shape: Shape, pooling: bool) -> list[str]:
-    kh, kw = _pair(layer.kernel_size)
+    kh, kw = _pair(_kernel(layer))
     stride = getattr(layer, "stride", None)
-    sh, sw = _pair(stride if stride is not None else layer.kernel_size)
+    sh, sw = _pair(stride if stride is not None else _kernel(layer))
     dh, dw = _pair(getattr(layer, "dilation", 1))
     t, b, l, r = _pad4(layer)
     _, h, w = in_shape
@@ -176,7 +191,7 @@ def _window_lines(layer: Layer, in_shape: Shape, out_shape: Shape, pooling: bool
         lines.append(f"width:  {fw}")
     if pooling and (kh, kw) == (sh, sw) and (t, b, l, r) == (0, 0, 0, 0) and (dh, dw) == (1, 1):
         if h % kh == 0 and w % kw == 0:
-            lines.append(f"(the notes write {h}/{kh} = {oh}: a {kh}x{kw} window with stride {kh} divides the size by {kh})")
+            lines.append(f"(that is {h}/{kh} = {oh}, the shortcut §5.3 uses: window = stride = {kh} divides by {kh})")
     return lines
 
 
@@ -192,7 +207,8 @@ def _leaf_lines(layer: Layer) -> list[str]:
     lines: list[str] = []
     weight = layer.params.get("weight")
     bias = layer.params.get("bias")
-    if hasattr(layer, "kernel_size") and in_shape is not None and len(in_shape) == 3 and weight is not None:
+    windowed = _kernel(layer) is not None and in_shape is not None and len(in_shape) == 3
+    if windowed and weight is not None and weight.ndim == 4:
         # a convolution: F filters of size KH x KW x C/groups
         f, cg, kh, kw = weight.shape
         groups = getattr(layer, "groups", 1)
@@ -206,7 +222,7 @@ def _leaf_lines(layer: Layer) -> list[str]:
         lines.append(
             f"multiply-adds: {oh}*{ow} positions * {f} filters * {kh * kw * cg} taps = {thousands(macs)}"
         )
-    elif hasattr(layer, "kernel_size") and in_shape is not None and len(in_shape) == 3:
+    elif windowed:
         lines += _window_lines(layer, in_shape, out_shape, pooling=True)
         lines.append("parameters: 0 (pooling has nothing to learn); depth unchanged")
     elif weight is not None and weight.ndim == 2:

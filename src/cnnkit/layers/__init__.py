@@ -6,6 +6,7 @@ from .base import Layer
 from .conv import Conv2D
 # --- end conv ---
 # --- pool, activations, dense, flatten, dropout, norm ---
+# isort: split
 from .activations import LeakyReLU, ReLU, Softmax
 from .dense import Dense
 from .dropout import Dropout

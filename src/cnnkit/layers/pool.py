@@ -169,7 +169,12 @@ class AdaptiveAvgPool2D(Layer):
     """
 
     def __init__(
-        self, output_size: IntOrPair, *, name: str | None = None, seed: int | None = None, dtype: Any = np.float32
+        self,
+        output_size: IntOrPair,
+        *,
+        name: str | None = None,
+        seed: int | None = None,
+        dtype: Any = np.float32,
     ) -> None:
         super().__init__(name=name, seed=seed, dtype=dtype)
         self.output_size = pair(output_size, "output_size", self.name)

@@ -3,4 +3,6 @@
 from .sequential import Sequential
 
 # --- residual, zoo (models/residual.py, models/zoo.py) ---
+from .residual import BasicBlock, Bottleneck, ResidualBlock
+from .zoo import ZooEntry, get, info, names
 # --- end residual, zoo ---

@@ -8,6 +8,7 @@ Each op ``name`` comes as ``name`` (forward only), ``name_forward -> (out, cache
 from .conv import col2im, conv2d, conv2d_backward, conv2d_forward, conv_output_size, im2col
 # --- end conv ---
 # --- pool, activations, losses, linear, dropout, norm ---
+# isort: split
 from .activations import (
     leaky_relu,
     leaky_relu_backward,

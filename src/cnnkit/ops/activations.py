@@ -41,7 +41,9 @@ def _check_axis(axis: Any, ndim: int, op: str) -> int:
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise ConfigError(f"{op}: axis must be an int, got {axis!r}")
     if not -ndim <= axis < ndim:
-        raise ConfigError(f"{op}: axis must be in [{-ndim}, {ndim}) for an input with {ndim} dimensions, got {axis}")
+        raise ConfigError(
+            f"{op}: axis must be in [{-ndim}, {ndim}) for an input with {ndim} dimensions, got {axis}"
+        )
     return int(axis) % ndim
 
 

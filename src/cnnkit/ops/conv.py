@@ -82,9 +82,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def conv_output_size(
-    size: int, kernel: int, padding: int = 0, stride: int = 1, dilation: int = 1
-) -> int:
+def conv_output_size(size: int, kernel: int, padding: int = 0, stride: int = 1, dilation: int = 1) -> int:
     """Output length of a convolution (or pooling) along one axis (notes §3.4).
 
     ``out = floor((size + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1``
@@ -125,9 +123,7 @@ def _out_len(size: int, kernel: int, lo: int, hi: int, stride: int, dilation: in
     return (size + lo + hi - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _resolve_padding(
-    padding: PaddingArg, kernel: Pair, stride: Pair, dilation: Pair, op: str
-) -> Padding4:
+def _resolve_padding(padding: PaddingArg, kernel: Pair, stride: Pair, dilation: Pair, op: str) -> Padding4:
     """Normalise ``padding`` to ``(top, bottom, left, right)``.
 
     Accepts an int, a pair ``(ph, pw)``, a 4-tuple ``(top, bottom, left, right)``, ``'valid'`` (no
@@ -139,28 +135,18 @@ def _resolve_padding(
             return (0, 0, 0, 0)
         if padding == "same":
             if stride != (1, 1):
-                raise ConfigError(
-                    f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride {stride}"
-                )
+                raise ConfigError(f"{op}: padding='same' needs stride 1 (as in PyTorch), got stride {stride}")
             th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
             return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
-        raise ConfigError(
-            f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
-        )
+        raise ConfigError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     if _is_int(padding):
         values: tuple[int, ...] = (int(padding),) * 4
-    elif (
-        isinstance(padding, Sequence)
-        and len(padding) in (2, 4)
-        and all(_is_int(v) for v in padding)
-    ):
+    elif isinstance(padding, Sequence) and len(padding) in (2, 4) and all(_is_int(v) for v in padding):
         values = tuple(int(v) for v in padding)
         if len(values) == 2:
             values = (values[0], values[0], values[1], values[1])
     else:
-        raise ConfigError(
-            f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}"
-        )
+        raise ConfigError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     if min(values) < 0:
         raise ConfigError(f"{op}: padding must be >= 0, got {padding!r}")
     return values  # type: ignore[return-value]
@@ -230,8 +216,7 @@ def _check_conv(
     w = check_array(w, op, "w")
     if w.ndim != 4:
         raise ShapeError(
-            f"{op}: w must have 4 dimensions (F, C // groups, KH, KW), got {w.ndim} with shape "
-            f"{w.shape}"
+            f"{op}: w must have 4 dimensions (F, C // groups, KH, KW), got {w.ndim} with shape {w.shape}"
         )
     _check_float(x, op, "x")
     if w.dtype != x.dtype:
@@ -250,13 +235,9 @@ def _check_conv(
     n, c, h, width = x.shape
     f, cg, kh, kw = w.shape
     if c % groups:
-        raise ConfigError(
-            f"{op}: groups={groups} must divide the input channels C={c} (x shape {x.shape})"
-        )
+        raise ConfigError(f"{op}: groups={groups} must divide the input channels C={c} (x shape {x.shape})")
     if f % groups:
-        raise ConfigError(
-            f"{op}: groups={groups} must divide the filters F={f} (w shape {w.shape})"
-        )
+        raise ConfigError(f"{op}: groups={groups} must divide the filters F={f} (w shape {w.shape})")
     if cg * groups != c:
         raise ShapeError(
             f"{op}: channel mismatch: x has C={c} channels (shape {x.shape}) but w expects "
@@ -268,9 +249,7 @@ def _check_conv(
         if b.shape != (f,):
             raise ShapeError(f"{op}: b must have shape (F,) = ({f},), got {b.shape}")
         if b.dtype != x.dtype:
-            raise DTypeError(
-                f"{op}: b must have the dtype of x ({x.dtype}), got {b.dtype}"
-            )
+            raise DTypeError(f"{op}: b must have the dtype of x ({x.dtype}), got {b.dtype}")
     where = f"x of shape {x.shape} and w of shape {w.shape}"
     return _geometry(op, x.shape, (kh, kw), stride, padding, dilation, groups, where)
 
@@ -351,9 +330,7 @@ def _im2col_args(
     op: str, kernel_size: IntOrPair, x_shape: tuple[int, ...], stride, padding, dilation
 ) -> _Spec:
     kernel = pair(kernel_size, "kernel_size", op)
-    return _geometry(
-        op, x_shape, kernel, stride, padding, dilation, 1, f"input of shape {x_shape}"
-    )
+    return _geometry(op, x_shape, kernel, stride, padding, dilation, 1, f"input of shape {x_shape}")
 
 
 def im2col(
@@ -471,8 +448,7 @@ def _unfold(xp: np.ndarray, spec: _Spec, ones_column: bool) -> np.ndarray:
         cols,
         shape=windows.shape,
         strides=tuple(
-            item * s
-            for s in (oh * ow * g * (k + 1), ow * g * (k + 1), g * (k + 1), k + 1, kw * cg, cg, 1)
+            item * s for s in (oh * ow * g * (k + 1), ow * g * (k + 1), g * (k + 1), k + 1, kw * cg, cg, 1)
         ),
     )
     np.copyto(target, windows)
@@ -586,9 +562,7 @@ def _input_grad(dy: np.ndarray, cache: _ConvCache) -> np.ndarray:
     return _col2im_taps(taps, spec)
 
 
-def conv2d_backward(
-    dout: np.ndarray, cache: _ConvCache
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)`` for ``dout = dL/dout``.
 
     ``dx`` has ``x``'s shape, ``dw`` ``w``'s, ``db`` is ``(F,)`` or None when the forward pass had
@@ -606,8 +580,7 @@ def conv2d_backward(
     dout = check_array(dout, op, "dout", ndim=4)
     if dout.shape != (n, f, oh, ow):
         raise ShapeError(
-            f"{op}: dout must have the output's shape (N, F, OH, OW) = {(n, f, oh, ow)}, "
-            f"got {dout.shape}"
+            f"{op}: dout must have the output's shape (N, F, OH, OW) = {(n, f, oh, ow)}, got {dout.shape}"
         )
     dtype = cache.cols.dtype
     dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(n * oh * ow, f)

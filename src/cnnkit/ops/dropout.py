@@ -35,7 +35,9 @@ def _generator(rng: RngLike) -> np.random.Generator:
         return rng
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
-    raise ConfigError(f"dropout: rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}")
+    raise ConfigError(
+        f"dropout: rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}"
+    )
 
 
 def dropout_forward(
@@ -63,7 +65,9 @@ def dropout_backward(dout: np.ndarray, cache: np.ndarray | None) -> np.ndarray:
     if cache is None:
         return dout
     if dout.shape != cache.shape:
-        raise ShapeError(f"dropout_backward: dout must have the output's shape {cache.shape}, got {dout.shape}")
+        raise ShapeError(
+            f"dropout_backward: dout must have the output's shape {cache.shape}, got {dout.shape}"
+        )
     return dout * cache
 
 

@@ -77,7 +77,9 @@ def flatten_forward(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """
     x = check_array(x, "flatten")
     if x.ndim < 2:
-        raise ShapeError(f"flatten: x must have a batch axis and at least one more (N, ...), got shape {x.shape}")
+        raise ShapeError(
+            f"flatten: x must have a batch axis and at least one more (N, ...), got shape {x.shape}"
+        )
     return x.reshape(x.shape[0], int(np.prod(x.shape[1:]))), x.shape
 
 

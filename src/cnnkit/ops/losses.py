@@ -37,7 +37,9 @@ def _check_labels(labels: Any, n: int, c: int) -> np.ndarray:
         bad = (labels < 0) | (labels >= c)
         if bad.any():
             value = labels[np.argmax(bad)]
-            raise DataError(f"{op}: label {value} is out of range for {c} classes: expected 0..{c - 1}, got {value}")
+            raise DataError(
+                f"{op}: label {value} is out of range for {c} classes: expected 0..{c - 1}, got {value}"
+            )
         return labels.astype(np.intp, copy=False)
     if labels.ndim == 2:
         if not (np.issubdtype(labels.dtype, np.floating) or np.issubdtype(labels.dtype, np.integer)):

@@ -65,7 +65,9 @@ def batch_norm_forward(
     """
     x = check_array(x, _OP)
     if x.ndim not in (2, 4):
-        raise ShapeError(f"{_OP}: x must have 2 dimensions (N, C) or 4 (N, C, H, W), got {x.ndim} with shape {x.shape}")
+        raise ShapeError(
+            f"{_OP}: x must have 2 dimensions (N, C) or 4 (N, C, H, W), got {x.ndim} with shape {x.shape}"
+        )
     c = x.shape[1]
     gamma = _check_vector(gamma, "gamma", c, x.dtype)
     beta = _check_vector(beta, "beta", c, x.dtype)
@@ -93,7 +95,9 @@ def batch_norm_forward(
             running_var += (momentum * m / (m - 1)) * var
     else:
         if running_mean is None or running_var is None:
-            raise ConfigError(f"{_OP}: inference (training=False) needs running_mean and running_var, got None")
+            raise ConfigError(
+                f"{_OP}: inference (training=False) needs running_mean and running_var, got None"
+            )
         xc = x - running_mean.reshape(shape)
         var = running_var
     inv_std = (1.0 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype, copy=False)
@@ -123,7 +127,9 @@ def batch_norm_backward(
     xhat, inv_std, gamma, has_beta, training, axes, shape = cache
     dout = check_array(dout, "batch_norm_backward", name="dout")
     if dout.shape != xhat.shape:
-        raise ShapeError(f"batch_norm_backward: dout must have the output's shape {xhat.shape}, got {dout.shape}")
+        raise ShapeError(
+            f"batch_norm_backward: dout must have the output's shape {xhat.shape}, got {dout.shape}"
+        )
     dbeta = dout.sum(axis=axes)
     dgamma = (dout * xhat).sum(axis=axes)
     scale = inv_std if gamma is None else gamma * inv_std

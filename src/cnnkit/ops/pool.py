@@ -115,7 +115,9 @@ def _channels_last(a: np.ndarray) -> bool:
     return a.ndim == 4 and not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
-def _alloc(shape: tuple[int, ...], dtype: np.dtype, channels_last: bool, fill: float | None = None) -> np.ndarray:
+def _alloc(
+    shape: tuple[int, ...], dtype: np.dtype, channels_last: bool, fill: float | None = None
+) -> np.ndarray:
     """An ``(N, C, H, W)`` array with NCHW or channels-last (NHWC) memory, maybe filled."""
     if channels_last:
         n, c, h, w = shape
@@ -172,7 +174,9 @@ def _reduce(views: list[np.ndarray], ufunc: np.ufunc) -> np.ndarray:
     return out
 
 
-def _stage_grad(shape: tuple[int, ...], dtype: np.dtype, channels_last: bool, g: PoolGeometry, axis: int) -> np.ndarray:
+def _stage_grad(
+    shape: tuple[int, ...], dtype: np.dtype, channels_last: bool, g: PoolGeometry, axis: int
+) -> np.ndarray:
     """Gradient buffer for one stage; written by assignment when the windows along ``axis`` tile it.
 
     Windows along an axis are disjoint when stride == kernel and dilation == 1: every position is then
@@ -189,7 +193,9 @@ def _stage_grad(shape: tuple[int, ...], dtype: np.dtype, channels_last: bool, g:
     return buf
 
 
-def _route(dout: np.ndarray, taps: list[np.ndarray], result: np.ndarray, targets: list[np.ndarray], assign: bool) -> None:
+def _route(
+    dout: np.ndarray, taps: list[np.ndarray], result: np.ndarray, targets: list[np.ndarray], assign: bool
+) -> None:
     """Send ``dout`` to the first tap equal to ``result`` (row-major order), into ``targets``."""
     free: np.ndarray | None = None  # outputs whose gradient has not been routed yet
     last = len(taps) - 1
@@ -217,7 +223,12 @@ _EXTREME = {"max": (np.maximum, -np.inf), "min": (np.minimum, np.inf)}
 
 
 def _extreme_forward(
-    x: Any, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair, kind: str
+    x: Any,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    dilation: IntOrPair,
+    kind: str,
 ) -> tuple[np.ndarray, tuple]:
     op = f"{kind}_pool2d"
     x = check_array(x, op, ndim=4)
@@ -233,7 +244,9 @@ def _extreme_backward(dout: Any, cache: tuple, kind: str) -> np.ndarray:
     xp, row_best, out, g, cache_kind = cache
     op = f"{kind}_pool2d"
     if cache_kind != kind:
-        raise ConfigError(f"{op}_backward: cache comes from {cache_kind}_pool2d_forward, expected {op}_forward")
+        raise ConfigError(
+            f"{op}_backward: cache comes from {cache_kind}_pool2d_forward, expected {op}_forward"
+        )
     dout = _check_dout(dout, out, op)
     kh, kw = g.kernel
     d_row = _stage_grad(row_best.shape, dout.dtype, _channels_last(row_best), g, axis=2)
@@ -357,7 +370,9 @@ def avg_pool2d_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     channels_last, xp_shape, row_shape, out_shape, g = cache
     dout = check_array(dout, "avg_pool2d_backward", name="dout")
     if dout.shape != out_shape:
-        raise ShapeError(f"avg_pool2d_backward: dout must have the output's shape {out_shape}, got {dout.shape}")
+        raise ShapeError(
+            f"avg_pool2d_backward: dout must have the output's shape {out_shape}, got {dout.shape}"
+        )
     share = dout * (1.0 / g.window_size)
     kh, kw = g.kernel
     d_row = _stage_grad(row_shape, dout.dtype, channels_last, g, axis=2)

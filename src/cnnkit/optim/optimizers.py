@@ -88,7 +88,9 @@ class Optimizer:
         Parameters of layers with ``trainable = False`` and parameters without a gradient are skipped.
         """
         if not isinstance(model, Layer):
-            raise ConfigError(f"{type(self).__name__}.step: expected a cnnkit model, got {type(model).__name__}")
+            raise ConfigError(
+                f"{type(self).__name__}.step: expected a cnnkit model, got {type(model).__name__}"
+            )
         for name, owner, key in model.named_parameters():
             if not owner.trainable:
                 continue
@@ -152,7 +154,9 @@ class Optimizer:
             "steps": dict(self.steps),
         }
         arrays = {
-            f"{name}.{slot}": value.copy() for name, slots in self.state.items() for slot, value in slots.items()
+            f"{name}.{slot}": value.copy()
+            for name, slots in self.state.items()
+            for slot, value in slots.items()
         }
         return {"config": config, "arrays": arrays}
 
@@ -176,7 +180,9 @@ class Optimizer:
         try:
             fresh = type(self)(**config)
         except TypeError as err:
-            raise ConfigError(f"{type(self).__name__}.load_state_dict: bad config {config!r}: {err}") from None
+            raise ConfigError(
+                f"{type(self).__name__}.load_state_dict: bad config {config!r}: {err}"
+            ) from None
         self.__dict__.clear()
         self.__dict__.update(fresh.__dict__)
         self.initial_lr = self.lr if initial_lr is None else float(initial_lr)
@@ -359,7 +365,9 @@ def get_optimizer(name: str | Optimizer, **kwargs: Any) -> Optimizer:
     """
     if isinstance(name, Optimizer):
         if kwargs:
-            raise ConfigError(f"get_optimizer: got an optimizer instance and extra arguments {sorted(kwargs)}")
+            raise ConfigError(
+                f"get_optimizer: got an optimizer instance and extra arguments {sorted(kwargs)}"
+            )
         return name
     if not isinstance(name, str) or name.lower() not in _OPTIMIZERS:
         raise ConfigError(f"get_optimizer: unknown optimizer {name!r}; known: {', '.join(_OPTIMIZERS)}")

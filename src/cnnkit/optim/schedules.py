@@ -171,7 +171,11 @@ class ReduceLROnPlateau(Schedule):
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able counters (the best value may be +-inf, which Python's json writes as Infinity)."""
-        return {"best": self.best, "num_bad_epochs": self.num_bad_epochs, "cooldown_counter": self.cooldown_counter}
+        return {
+            "best": self.best,
+            "num_bad_epochs": self.num_bad_epochs,
+            "cooldown_counter": self.cooldown_counter,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""

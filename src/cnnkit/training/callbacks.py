@@ -403,7 +403,9 @@ class LearningRateScheduler(Callback):
     def _set(self, lr: Any, epoch: int) -> None:
         assert self.trainer is not None
         if isinstance(lr, bool) or not isinstance(lr, (int, float, np.floating, np.integer)):
-            raise ConfigError(f"LearningRateScheduler: the schedule returned {lr!r} for epoch {epoch}, not a number")
+            raise ConfigError(
+                f"LearningRateScheduler: the schedule returned {lr!r} for epoch {epoch}, not a number"
+            )
         if not (math.isfinite(float(lr)) and float(lr) >= 0):
             raise ConfigError(f"LearningRateScheduler: the schedule returned lr={lr!r} for epoch {epoch}")
         old = self.trainer.optimizer.lr
@@ -447,7 +449,14 @@ class LearningRateScheduler(Callback):
 class LambdaCallback(Callback):
     """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
 
-    _HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+    _HOOKS = (
+        "on_train_begin",
+        "on_epoch_begin",
+        "on_batch_begin",
+        "on_batch_end",
+        "on_epoch_end",
+        "on_train_end",
+    )
 
     def __init__(self, **hooks: Callable[..., Any]) -> None:
         super().__init__()

@@ -31,7 +31,7 @@ def _format_value(key: str, value: float) -> str:
 
 def format_logs(logs: dict[str, Any], sep: str = " - ") -> str:
     """``loss 0.1234 - acc 0.9500 - ...`` for an epoch's metrics (time first)."""
-    keys = sorted(logs, key=lambda k: (k != "time", k.startswith("val_"), k in ("lr", "images_per_sec")))
+    keys = sorted(logs, key=lambda k: (k != "time", k in ("lr", "images_per_sec"), k.startswith("val_")))
     return sep.join(f"{_NAMES.get(k, k)} {_format_value(k, float(logs[k]))}" for k in keys)
 
 
@@ -69,7 +69,9 @@ class EpochProgress:
         if now - self._last_postfix >= POSTFIX_INTERVAL:
             self._last_postfix = now
             rate = seen / max(now - self.start, 1e-9)
-            self.bar.set_postfix_str(f"loss {loss:.4f} - acc {accuracy:.4f} - {rate:.0f} img/s", refresh=False)
+            self.bar.set_postfix_str(
+                f"loss {loss:.4f} - acc {accuracy:.4f} - {rate:.0f} img/s", refresh=False
+            )
 
     def close(self, logs: dict[str, Any] | None) -> None:
         """End the epoch, showing its final metrics (``None``: it was cut short)."""

@@ -4,6 +4,7 @@
 from .conv import conv2d_backward_reference, conv2d_reference, im2col_reference
 # --- end conv ---
 # --- pool and misc (reference/pool.py, reference/misc.py) ---
+# isort: split
 from .misc import (
     batch_norm_backward_reference,
     batch_norm_reference,

@@ -56,7 +56,9 @@ def leaky_relu_reference(x: np.ndarray, negative_slope: float = 0.01) -> np.ndar
     return _elementwise(x, lambda v, _: v if v > 0 else negative_slope * v).astype(x.dtype)
 
 
-def leaky_relu_backward_reference(dout: np.ndarray, x: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
+def leaky_relu_backward_reference(
+    dout: np.ndarray, x: np.ndarray, negative_slope: float = 0.01
+) -> np.ndarray:
     """``dout`` where ``x > 0``, else ``negative_slope * dout``."""
     d = dout.ravel()
     return _elementwise(x, lambda v, k: float(d[k]) * (1.0 if v > 0 else negative_slope)).astype(dout.dtype)

@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 
-def _setup(x: np.ndarray, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair):
+def _setup(
+    x: np.ndarray, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair
+):
     kh, kw = pair(kernel_size, "kernel_size", "reference pool")
     sh, sw = (kh, kw) if stride is None else pair(stride, "stride", "reference pool")
     ph, pw = pair(padding, "padding", "reference pool", minimum=0)
