@@ -68,9 +68,9 @@ def _timed(fn: Callable[[], object]) -> float:
 def build(name: str, batch: int, seed: int = 0):
     """The cnnkit model, a fixed batch, and the PyTorch twins (NCHW and channels_last)."""
     import torch
-    from torch_bridge import to_torch
 
     from cnnkit.models import zoo
+    from torch_bridge import to_torch
 
     model = zoo.get(name, input_shape=INPUT_SHAPES.get(name), seed=seed)
     rng = np.random.default_rng(seed)
