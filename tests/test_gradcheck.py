@@ -6,6 +6,8 @@ import functools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnkit import ConfigError, GradcheckError
 from cnnkit.gradcheck import gradcheck, numerical_gradient
@@ -55,6 +57,16 @@ def _matmul_backward_wrong_db(dout, cache):
 def test_pair_form_passes_for_correct_backward():
     rng = np.random.default_rng(1)
     assert gradcheck((_matmul_forward, _matmul_backward), rng.normal(size=(3, 4)), rng.normal(size=(4, 2)))
+
+
+@settings(deadline=None, max_examples=20)
+@given(m=st.integers(1, 4), k=st.integers(1, 4), n=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_pair_form_random_shapes(m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+    assert gradcheck((_matmul_forward, _matmul_backward), a, b, seed=seed)
+    with pytest.raises(GradcheckError):
+        gradcheck((_matmul_forward, _matmul_backward_wrong_db), a, b, seed=seed)
 
 
 def test_pair_form_accepts_float32_inputs_and_checks_in_float64():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cnnkit import ConfigError, GradcheckError, ShapeError
 from cnnkit.gradcheck import gradcheck
@@ -68,6 +70,27 @@ def test_block_state_dict_matches_torch_block():
         }
 
 
+@settings(deadline=None, max_examples=15)
+@given(
+    kind=st.sampled_from([BasicBlock, Bottleneck]),
+    planes=st.integers(1, 4),
+    cin=st.integers(1, 8),
+    stride=st.integers(1, 3),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+)
+def test_block_shapes_random(kind, planes, cin, stride, h, w):
+    block = kind(planes, stride=stride, seed=0)
+    block.build((cin, h, w))
+    out_c = planes * kind.expansion
+    # 3x3 conv, padding 1, stride S (notes 3.4): (H - 3 + 2) // S + 1
+    assert block.output_shape == (out_c, (h - 1) // stride + 1, (w - 1) // stride + 1)
+    assert ("downsample" in block.children()) == (stride != 1 or cin != out_c)
+    y = block(np.random.default_rng(0).normal(size=(2, cin, h, w)).astype(np.float32))
+    assert y.shape == (2, *block.output_shape) and (y >= 0).all()  # ends with a ReLU
+    assert block.backward(np.ones_like(y)).shape == (2, cin, h, w)
+
+
 def test_block_config_round_trip():
     block = BasicBlock(8, stride=2, seed=3)
     block.build((4, 8, 8))
@@ -92,7 +115,7 @@ def test_block_train_eval_and_astype_reach_the_shortcut():
     block = BasicBlock(4, stride=2)
     block.build((2, 6, 6))
     block.eval()
-    assert not block.children()["downsample"][1].training
+    assert not block["downsample"][1].training and not block["conv1"].training
     block.astype(np.float64)
     assert block.state_dict()["downsample.0.weight"].dtype == np.float64
 

@@ -109,7 +109,7 @@ def _close(actual, expected, bound, dtype, what):
 # ----------------------------------------------------------------------------- fast vs reference
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(case=conv_cases(), dtype=st.sampled_from([np.float32, np.float64]))
 def test_forward_and_gradients_match_reference(case, dtype):
     x, w, b, rng = _arrays(case, dtype)
@@ -139,7 +139,8 @@ def test_layout_of_input_does_not_change_results(case):
     out = conv2d(x, w, b, **kw)
     x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     x_sliced = np.repeat(x, 2, axis=3)[:, :, :, ::2]
-    for other in (x_last, x_sliced):
+    x_reversed = np.ascontiguousarray(x[:, ::-1, ::-1])[:, ::-1, ::-1]  # negative strides
+    for other in (x_last, x_sliced, x_reversed):
         np.testing.assert_allclose(conv2d(other, w, b, **kw), out, rtol=1e-13, atol=1e-13)
     # and the cache does not depend on dout's layout either
     out, cache = conv2d_forward(x, w, b, **kw)
@@ -186,6 +187,17 @@ def test_dtype_is_preserved_float32():
     cols = im2col(x, 3)
     assert cols.dtype == np.float32
     assert col2im(cols, x.shape, 3).dtype == np.float32
+
+
+@pytest.mark.parametrize(("c", "k", "groups"), [(3, 3, 1), (8, 3, 1), (4, 1, 1), (4, 3, 2)])
+def test_empty_batch(c, k, groups):
+    w = np.ones((4, c // groups, k, k))
+    out, cache = conv2d_forward(np.zeros((0, c, 6, 7)), w, np.ones(4), padding=k // 2, groups=groups)
+    assert out.shape == (0, 4, 6, 7)
+    dx, dw, db = conv2d_backward(np.zeros(out.shape), cache)
+    assert dx.shape == (0, c, 6, 7)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+    np.testing.assert_array_equal(db, np.zeros(4))
 
 
 def test_no_bias_gives_db_none():
@@ -262,7 +274,7 @@ def _numeric_grad(f, arr, eps=1e-6):
     return grad
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(case=conv_cases(max_side=3))
 def test_gradients_match_finite_differences(case):
     case = {**case, "bias": True}

@@ -40,7 +40,9 @@ def _inputs(model: Any, batch_size: int, seed: int) -> tuple[np.ndarray, np.ndar
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"bench: batch_size must be an int >= 1, got {batch_size!r}")
     if not getattr(model, "built", False) or model.input_shape is None:
-        raise ConfigError(f"bench: model {getattr(model, 'name', model)!r} must be built (give it an input_shape)")
+        raise ConfigError(
+            f"bench: model {getattr(model, 'name', model)!r} must be built (give it an input_shape)"
+        )
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch_size, *model.input_shape)).astype(model.dtype)
     labels = rng.integers(0, int(model.output_shape[-1]), size=batch_size)

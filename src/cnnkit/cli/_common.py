@@ -96,9 +96,14 @@ def parse_augment(text: str | None) -> dict[str, Any]:
             number = float(value)
         except ValueError:
             raise ConfigError(f"--augment: {key} needs a number, got {value!r}") from None
-        if number < 0 or (key != "rotation" and number >= 1):
-            limit = "a non-negative angle in degrees" if key == "rotation" else "a fraction in [0, 1)"
-            raise ConfigError(f"--augment: {key} must be {limit}, got {value}")
+        limits = {
+            "rotation": (number >= 0, "a non-negative angle in degrees"),
+            "zoom": (0 <= number < 1, "a fraction in [0, 1)"),
+            "translate": (number >= 0, "a fraction of the image size below 1, or whole pixels"),
+        }
+        ok, need = limits[key]
+        if not ok:
+            raise ConfigError(f"--augment: {key} must be {need}, got {value}")
         out[key] = number
     return out
 
@@ -163,8 +168,9 @@ def collect_image_files(inputs: Sequence[str]) -> tuple[list[Path], list[tuple[s
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")
-                and q.suffix.lower() in IMAGE_SUFFIXES
+                q
+                for q in p.rglob("*")
+                if q.is_file() and not q.name.startswith(".") and q.suffix.lower() in IMAGE_SUFFIXES
             )
             if not found:
                 problems.append((str(p), "folder contains no image files"))
@@ -202,96 +208,22 @@ def warn(cmd: str, message: str) -> None:
     print(f"cnnkit {cmd}: warning: {message}", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------------------- preprocessing
-@dataclass
-class Preprocess:
-    """How raw images become model input; saved in the model file's metadata as ``"preprocess"``.
-
-    ``image_size`` is ``(height, width)``, ``color`` is ``"grey"`` or ``"rgb"``, ``normalize`` the kind
-    (``unit``: x/255 in [0, 1]; ``symmetric``: [-1, 1]; ``standardize``: (x/255 - mean)/std per channel,
-    notes section 12 tip 1) with ``mean`` and ``std`` the per-channel statistics of the training images in
-    [0, 1] units (only used by ``standardize``).
-    """
-
-    image_size: tuple[int, int]
-    color: str = "grey"
-    normalize: str = "standardize"
-    mean: list[float] = field(default_factory=lambda: [0.0])
-    std: list[float] = field(default_factory=lambda: [1.0])
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color == "grey" else 3
-
-    def to_metadata(self) -> dict[str, Any]:
-        return {
-            "image_size": list(self.image_size),
-            "color": self.color,
-            "normalize": self.normalize,
-            "mean": [float(m) for m in self.mean],
-            "std": [float(s) for s in self.std],
-        }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, Any] | None, input_shape: Sequence[int] | None = None) -> Preprocess:
-        """Rebuild from a model file's metadata; without it, guess from the model's input shape."""
-        if meta:
-            return cls(
-                image_size=(int(meta["image_size"][0]), int(meta["image_size"][1])),
-                color=str(meta.get("color", "grey")),
-                normalize=str(meta.get("normalize", "unit")),
-                mean=[float(m) for m in meta.get("mean", [0.0])],
-                std=[float(s) for s in meta.get("std", [1.0])],
-            )
-        if input_shape is None or len(input_shape) != 3:
-            raise ConfigError(
-                "the model file has no preprocessing metadata and no image input shape; "
-                "it was not written by `cnnkit train`"
-            )
-        c, h, w = (int(s) for s in input_shape)
-        return cls(image_size=(h, w), color="grey" if c == 1 else "rgb", normalize="unit")
-
-    def apply(self, x: Any) -> Any:
-        """Scale a ``(N, C, H, W)`` batch of 0..255 pixels to model input (float32)."""
-        import numpy as np
-
-        return self.apply_unit(np.asarray(x, dtype=np.float32) / np.float32(255.0))
-
-    def apply_unit(self, x: Any) -> Any:
-        """Normalise a float batch already in [0, 1]."""
-        import numpy as np
-
-        x = np.asarray(x, dtype=np.float32)
-        if self.normalize == "unit":
-            return x
-        if self.normalize == "symmetric":
-            return x * np.float32(2.0) - np.float32(1.0)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        return (x - mean) / std
-
-
-def load_image(path: Path, pre: Preprocess) -> Any:
-    """Read one image with Pillow as ``(C, H, W)`` uint8, converted to the model's colour and size.
-
-    Raises :class:`cnnkit.errors.DataError` when Pillow cannot read it.
-    """
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if pre.color == "grey" else "RGB")
-            h, w = pre.image_size
-            if img.size != (w, h):
-                img = img.resize((w, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-
-
 # ----------------------------------------------------------------------------------------- models
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or os.sep in name or name.endswith(".cnnkit") or name.startswith(".")
+
+
+def require_model_name(name: str) -> None:
+    """Raise a clear error unless ``name`` is a zoo model (listing them), or say a file is missing."""
+    if _looks_like_path(name) and not Path(name).exists():
+        raise DataError(f"model file not found: {name}")
+    from ..models import zoo
+
+    known = list(zoo.names())
+    if name not in known:
+        raise ConfigError(f"unknown model {name!r}; zoo models: {', '.join(known)}")
+
+
 def get_zoo_model(
     name: str,
     *,
@@ -299,46 +231,106 @@ def get_zoo_model(
     input_shape: Sequence[int] | None = None,
     seed: int | None = None,
 ) -> Any:
-    """Build zoo model ``name``; a name that looks like a file path but is missing says so."""
-    looks_like_path = "/" in name or os.sep in name or name.endswith(".cnnkit")
-    if looks_like_path and not Path(name).exists():
-        raise DataError(f"model file not found: {name}")
+    """Build zoo model ``name``; an unknown name lists the zoo, a model too deep for the input says so."""
+    from ..errors import ShapeError
     from ..models import zoo
 
-    known = list(zoo.names())
-    if name not in known:
-        raise ConfigError(f"unknown model {name!r}; zoo models: {', '.join(known)} (or give a .cnnkit file)")
-    return zoo.get(
-        name,
-        num_classes=num_classes,
-        input_shape=tuple(input_shape) if input_shape is not None else None,
-        seed=seed,
-    )
+    require_model_name(name)
+    shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+    try:
+        return zoo.get(name, num_classes=num_classes, input_shape=shape, seed=seed)
+    except ShapeError as err:
+        default = zoo.info(name).input_shape
+        size = "x".join(map(str, shape or default))
+        raise ConfigError(
+            f"model {name} cannot take input {size} (channels x height x width); its default input is "
+            f"{'x'.join(map(str, default))} [{err}]"
+        ) from None
 
 
-def load_model_for_inference(path: str | os.PathLike[str]) -> tuple[Any, Preprocess, list[str]]:
-    """Load a model file in inference mode with its preprocessing and class names.
+@dataclass
+class Preprocess:
+    """How an image file becomes model input; saved by ``cnnkit train`` as metadata ``"preprocess"``.
 
-    Class names default to ``"0"``, ``"1"``, ... when the file has none.
+    Decode with Pillow, convert to ``color`` (``"grey"``/``"rgb"``), resize bilinearly to ``image_size``
+    ``(H, W)`` (:func:`cnnkit.data.decode_image`, as training on a folder does), then ``normalize``
+    (:class:`cnnkit.data.Normalize`; notes section 12, tip 1).
     """
+
+    image_size: tuple[int, int]
+    color: str
+    normalize: Any
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "image_size": list(self.image_size),
+            "color": self.color,
+            "normalize": self.normalize.get_config(),
+        }
+
+    @classmethod
+    def from_model(cls, model: Any) -> Preprocess:
+        """From a loaded model's metadata; without it, the input shape and ``x / 255``."""
+        from ..data import Normalize
+
+        meta = (getattr(model, "metadata", None) or {}).get("preprocess")
+        if isinstance(meta, dict) and "image_size" in meta:
+            try:
+                h, w = (int(v) for v in meta["image_size"])
+                color = str(meta.get("color", "rgb"))
+                norm = Normalize.from_config(dict(meta.get("normalize") or {"mode": "unit"}))
+            except (TypeError, ValueError, KeyError) as err:
+                raise ConfigError(f"the model file's preprocessing metadata is invalid: {err}") from None
+            return cls((h, w), "grey" if color in ("grey", "gray", "l") else "rgb", norm)
+        shape = getattr(model, "input_shape", None)
+        if shape is None or len(shape) != 3 or shape[0] not in (1, 3):
+            raise ConfigError(
+                f"the model takes input {shape}, not images (1 or 3 channels), and its file has no "
+                "preprocessing metadata (it was not written by `cnnkit train`)"
+            )
+        return cls((int(shape[1]), int(shape[2])), "grey" if shape[0] == 1 else "rgb", Normalize("unit"))
+
+    def load(self, path: str | os.PathLike[str]) -> Any:
+        """One image file as uint8 ``(C, H, W)``; :class:`DataError` when it cannot be read."""
+        from ..data import decode_image
+
+        try:
+            return decode_image(path, self.image_size, self.color)
+        except Exception as err:  # any Pillow failure means an unreadable file
+            raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
+
+
+def load_model_file(path: str | os.PathLike[str]) -> Any:
+    """Load a ``.cnnkit`` model file (residual blocks registered too), in inference mode."""
+    from .. import models  # noqa: F401  (registers the residual block classes)
     from ..io.model_file import load_model
 
-    model = load_model(path)
+    p = require_path(path, "model file")
+    if p.is_dir():
+        raise DataError(f"model file expected, got a folder: {p}")
+    model = load_model(p)
     model.eval()
-    meta = getattr(model, "metadata", None) or {}
-    pre = Preprocess.from_metadata(meta.get("preprocess"), getattr(model, "input_shape", None))
-    n_out = (getattr(model, "output_shape", None) or (0,))[-1]
-    names = list(getattr(model, "class_names", None) or []) or [str(i) for i in range(int(n_out))]
-    return model, pre, names
+    return model
+
+
+def class_names_of(model: Any) -> list[str]:
+    """The model's class names, or ``"0"``, ``"1"``, ... when it has none."""
+    names = getattr(model, "class_names", None)
+    if names:
+        return [str(n) for n in names]
+    return [str(i) for i in range(int(model.output_shape[-1]))]
 
 
 def predict_probabilities(model: Any, x: Any, batch_size: int = 256) -> Any:
-    """Softmax probabilities ``(N, classes)`` of a model in inference mode, batch by batch (notes §6.2)."""
+    """Softmax probabilities ``(N, classes)`` in inference mode, batch by batch (notes section 6.2)."""
     import numpy as np
 
     from ..ops.activations import softmax
 
-    chunks = [softmax(model(x[i : i + batch_size], training=False), axis=1) for i in range(0, len(x), batch_size)]
+    chunks = []
+    for i in range(0, len(x), batch_size):
+        logits = model.forward(np.ascontiguousarray(x[i : i + batch_size], dtype=model.dtype), False)
+        chunks.append(softmax(logits, axis=1))
     if not chunks:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
     return np.concatenate(chunks, axis=0)
@@ -356,25 +348,403 @@ def predict_files(
     """Top-k predictions for image files; unreadable files go to the second list as ``(path, reason)``."""
     import numpy as np
 
-    images, ok, bad = [], [], []
-    for path in files:
-        try:
-            images.append(load_image(path, pre))
-            ok.append(path)
-        except DataError as err:
-            bad.append((str(path), str(err).removeprefix(f"{path}: ")))
-    if not images:
-        return [], bad
-    x = pre.apply(np.stack(images))
-    probs = predict_probabilities(model, x, batch_size)
-    k = min(top_k, probs.shape[1])
-    results = []
-    for path, row in zip(ok, probs, strict=True):
-        order = np.argsort(-row, kind="stable")[:k]
-        results.append(
-            {
-                "file": str(path),
-                "top": [{"class": class_names[i], "index": int(i), "probability": float(row[i])} for i in order],
-            }
-        )
+    results: list[dict[str, Any]] = []
+    bad: list[tuple[str, str]] = []
+    for start in range(0, len(files), batch_size):
+        images, ok = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                images.append(pre.load(path))
+                ok.append(path)
+            except DataError as err:
+                bad.append((str(path), str(err).removeprefix(f"{path}: ")))
+        if not images:
+            continue
+        probs = predict_probabilities(model, pre.normalize(np.stack(images)), batch_size)
+        k = min(top_k, probs.shape[1])
+        for path, row in zip(ok, probs, strict=True):
+            order = np.argsort(-row, kind="stable")[:k]
+            top = [{"class": class_names[i], "index": int(i), "probability": float(row[i])} for i in order]
+            results.append({"file": str(path), "top": top})
     return results, bad
+
+
+def make_optimizer(name: str, lr: float) -> Any:
+    """``sgd`` (momentum 0.9), ``adam`` or ``adamw`` at learning rate ``lr``."""
+    from ..optim import get_optimizer
+
+    if name == "sgd":
+        return get_optimizer("sgd", lr=lr, momentum=0.9)
+    return get_optimizer(name, lr=lr)
+
+
+def save_curves(history: Any, path: Path) -> Path | None:
+    """``plot_curves`` to ``path``; None when matplotlib is not installed."""
+    try:
+        from ..viz import plot_curves
+    except ImportError:
+        return None
+    try:
+        return Path(plot_curves(history, path))
+    except ImportError:  # MissingDependencyError is an ImportError
+        return None
+
+
+# ----------------------------------------------------------------------------------------- data
+#: Images generated for ``--data shapes`` (a fifth of them is the test split).
+SHAPES_SAMPLES = 6000
+#: Images of a lazy folder used to measure the ``standardize`` statistics.
+NORMALIZE_SAMPLE = 2000
+
+
+def data_label(spec: str) -> str:
+    """The data set's short name used in the default output folder: ``runs/<model>-<label>``."""
+    if spec in DATASET_NAMES:
+        return spec
+    return Path(spec).resolve().name or "data"
+
+
+class Subset:
+    """A lazy view of ``indices`` of a data set with ``__len__`` and ``load_batch`` (an ImageFolder)."""
+
+    def __init__(self, base: Any, indices: Any) -> None:
+        import numpy as np
+
+        self.base = base
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load_batch(self, indices: Any) -> Any:
+        import numpy as np
+
+        return self.base.load_batch(self.indices[np.asarray(indices, dtype=np.int64)])
+
+
+@dataclass
+class LoadedData:
+    """A data set as the CLI uses it: splits (``(x, y)`` uint8 arrays or lazy folders) and how it was made.
+
+    ``test`` is None for folders (their held-out part is ``validation``).
+    """
+
+    name: str
+    source: str
+    class_names: list[str]
+    image_size: tuple[int, int]
+    color: str
+    train: Any
+    validation: Any = None
+    test: Any = None
+    notes: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    #: Loaded by ``evaluation=True``: ``train`` holds the images to evaluate on.
+    evaluation: bool = False
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (1 if self.color == "grey" else 3, *self.image_size)
+
+    def bad_files(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the unreadable files skipped so far."""
+        return list(self.bad)
+
+    def sizes(self) -> dict[str, int | None]:
+        return {
+            "train": _length(self.train),
+            "validation": _length(self.validation),
+            "test": _length(self.test),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able description for metrics.json and the model file."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "classes": list(self.class_names),
+            "image_size": list(self.image_size),
+            "color": self.color,
+            "images": self.sizes(),
+            "notes": list(self.notes),
+        }
+
+    def describe(self) -> str:
+        sizes = self.sizes()
+        parts = [f"{sizes[k]} {k}" for k in ("train", "validation", "test") if sizes[k] is not None]
+        if self.evaluation:
+            parts = [str(sizes["train"])]
+        shape = "x".join(map(str, self.input_shape))
+        text = (
+            f"data: {self.name} ({self.source}): {', '.join(parts)} images, "
+            f"{len(self.class_names)} classes, {shape}"
+        )
+        return text + "".join(f"\n  note: {n}" for n in self.notes)
+
+
+def _length(split: Any) -> int | None:
+    if split is None:
+        return None
+    return len(split[0]) if isinstance(split, tuple) else len(split)
+
+
+def _model_default_shape(model_name: str | None) -> tuple[int, int, int] | None:
+    if not model_name:
+        return None
+    from ..models import zoo
+
+    try:
+        return tuple(zoo.info(model_name).input_shape)  # type: ignore[return-value]
+    except ConfigError:
+        return None
+
+
+def convert_images(x: Any, image_size: tuple[int, int], color: str) -> Any:
+    """Resize/convert a uint8 ``(N, C, H, W)`` batch with Pillow, as :func:`cnnkit.data.decode_image` does."""
+    import numpy as np
+    from PIL import Image
+
+    want_c = 1 if color == "grey" else 3
+    if x.shape[1] == want_c and tuple(x.shape[2:]) == tuple(image_size):
+        return x
+    h, w = image_size
+    mode = "L" if color == "grey" else "RGB"
+    out = np.empty((len(x), want_c, h, w), dtype=np.uint8)
+    for i, img in enumerate(x):
+        pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+        pil = pil.convert(mode)
+        if pil.size != (w, h):
+            pil = pil.resize((w, h), Image.Resampling.BILINEAR)
+        arr = np.asarray(pil, dtype=np.uint8)
+        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return out
+
+
+def _subset_arrays(x: Any, y: Any, limit: int, seed: int) -> tuple[Any, Any]:
+    import numpy as np
+
+    if limit >= len(x):
+        return x, y
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+    return x[keep], y[keep]
+
+
+def load_data(
+    spec: str,
+    *,
+    model_name: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    color: str | None = None,
+    validation_split: float = 0.0,
+    seed: int = 0,
+    strict: bool = False,
+    limit: int | None = None,
+    on_bad_file: Any = None,
+    evaluation: bool = False,
+) -> LoadedData:
+    """Load ``--data``: ``fashion-mnist``, ``shapes`` or a folder with one sub-folder per class.
+
+    Image size and colour default to the data's own (Fashion-MNIST 28x28 grey), else the zoo model's
+    default input (folders, shapes). ``limit`` keeps a seeded random subset of the training images;
+    ``validation_split`` holds out a stratified fraction of them. With ``evaluation`` only the images to
+    evaluate on are loaded: Fashion-MNIST's and shapes' test split, or every image of a folder (as
+    ``train``, with no split).
+    """
+    default = _model_default_shape(model_name)
+    if spec == "fashion-mnist":
+        return _load_fashion(image_size, color, validation_split, seed, limit, evaluation)
+    if spec == "shapes":
+        size = image_size or ((default[1], default[2]) if default else (32, 32))
+        return _load_shapes(size, color or "rgb", validation_split, seed, limit, evaluation)
+    root = Path(spec)
+    if not root.exists():
+        raise DataError(
+            f"data folder not found: {spec} (--data takes {', '.join(DATASET_NAMES)} or a folder with one "
+            "sub-folder of images per class)"
+        )
+    if not root.is_dir():
+        raise DataError(f"--data must be a folder with one sub-folder per class, got a file: {spec}")
+    size = image_size or ((default[1], default[2]) if default else (64, 64))
+    if color is None:
+        color = "grey" if default and default[0] == 1 else "rgb"
+    data = _load_folder(
+        root, size, color, 0.0 if evaluation else validation_split, seed, strict, limit, on_bad_file
+    )
+    data.evaluation = evaluation
+    return data
+
+
+def _load_fashion(
+    image_size: tuple[int, int] | None,
+    color: str | None,
+    validation_split: float,
+    seed: int,
+    limit: int | None,
+    evaluation: bool,
+) -> LoadedData:
+    from ..data import fashion_mnist, train_test_split
+
+    ds = fashion_mnist()
+    size = tuple(image_size or (28, 28))
+    color = color or "grey"
+    notes = []
+    if ds.source == "bundled subset":
+        notes.append(
+            "the full Fashion-MNIST was not found; using the 8,000 + 2,000 image subset bundled with cnnkit"
+        )
+    if size != (28, 28) or color != "grey":
+        notes.append(f"images converted from 28x28 grey to {size[0]}x{size[1]} {color}")
+    data = LoadedData("fashion-mnist", ds.source, list(ds.class_names), size, color, None, notes=notes)
+    data.test = (convert_images(ds.x_test, size, color), ds.y_test)
+    if evaluation:
+        data.train, data.test, data.evaluation = data.test, None, True
+        data.source += ", test split"
+        return data
+    x, y = ds.x_train, ds.y_train
+    if limit:
+        x, y = _subset_arrays(x, y, limit, seed)
+    x = convert_images(x, size, color)
+    if validation_split > 0:
+        x, y, xv, yv = train_test_split(x, y, validation_split, seed)
+        data.validation = (xv, yv)
+    data.train = (x, y)
+    return data
+
+
+def _load_shapes(
+    size: tuple[int, int], color: str, validation_split: float, seed: int, limit: int | None, evaluation: bool
+) -> LoadedData:
+    from ..data import shapes, train_test_split
+
+    images = shapes(SHAPES_SAMPLES, size, seed=seed)
+    ds = images.split(0.2, seed=seed)
+    source = f"shapes({SHAPES_SAMPLES}, {size[0]}x{size[1]}, seed={seed}), test split 20%"
+    data = LoadedData("shapes", source, list(ds.class_names), tuple(size), color, None)
+    data.test = (convert_images(ds.x_test, size, color), ds.y_test)
+    if evaluation:
+        data.train, data.test, data.evaluation = data.test, None, True
+        return data
+    x, y = ds.x_train, ds.y_train
+    if limit:
+        x, y = _subset_arrays(x, y, limit, seed)
+    x = convert_images(x, size, color)
+    if validation_split > 0:
+        x, y, xv, yv = train_test_split(x, y, validation_split, seed)
+        data.validation = (xv, yv)
+    data.train = (x, y)
+    return data
+
+
+def _load_folder(
+    root: Path,
+    size: tuple[int, int],
+    color: str,
+    validation_split: float,
+    seed: int,
+    strict: bool,
+    limit: int | None,
+    on_bad_file: Any,
+) -> LoadedData:
+    import numpy as np
+
+    from ..data import image_folder
+
+    bad: list[tuple[str, str]] = []
+
+    def record(path: str, reason: str) -> None:
+        bad.append((path, reason))
+        if on_bad_file is not None:
+            on_bad_file(path, reason)
+
+    split = image_folder(root, size, color, validation_split, seed, strict=strict, on_bad_file=record)
+    train: Any = split.train
+    if limit and limit < len(train):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:limit])
+        train = Subset(train, keep)
+    return LoadedData(
+        root.name or str(root),
+        str(root),
+        list(split.train.class_names),
+        tuple(size),
+        color,
+        train,
+        validation=split.validation,
+        bad=bad,
+    )
+
+
+def build_for_data(model_name: str, data: LoadedData, seed: int | None = None) -> Any:
+    """The zoo model for the data's input shape and number of classes."""
+    return get_zoo_model(
+        model_name, num_classes=len(data.class_names), input_shape=data.input_shape, seed=seed
+    )
+
+
+def fit_normalize(normalize: Any, train: Any, seed: int = 0) -> Any:
+    """Fit ``standardize`` statistics on the training images (a seeded sample of a lazy folder)."""
+    import numpy as np
+
+    if normalize.mode != "standardize":
+        return normalize
+    if isinstance(train, tuple):
+        return normalize.fit(train[0])
+    if len(train) > NORMALIZE_SAMPLE:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:NORMALIZE_SAMPLE])
+        train = Subset(train, keep)
+    return normalize.fit(train)
+
+
+# ----------------------------------------------------------------------------------------- BLAS threads
+def parse_threads(text: str) -> int | str:
+    """argparse type for ``--threads``: ``auto`` or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
+
+
+parse_threads.__name__ = "'auto' or a positive integer"
+
+
+def add_threads_argument(parser: Any) -> None:
+    """``--threads auto|N``, shared by train, evaluate and bench."""
+    parser.add_argument(
+        "--threads",
+        type=parse_threads,
+        default="auto",
+        metavar="auto|N",
+        help="BLAS threads; auto (default) uses the idle cores (1 when the machine is busy). "
+        "Needs threadpoolctl; without it NumPy's default is kept",
+    )
+
+
+def auto_threads(cores: int, load: float) -> int:
+    """Idle cores, rounded, at least 1: ``clip(round(cores - load), 1, cores)``.
+
+    A multi-threaded BLAS on cores that other processes keep busy waits for its own threads: measured
+    10x slower than one thread on a 2-core machine with a load average of 5.
+    """
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def set_blas_threads(threads: int | str | None, cmd: str) -> int | None:
+    """Limit BLAS threads (threadpoolctl) to ``threads`` or the :func:`auto_threads` choice.
+
+    Returns the limit set, or None when nothing was changed (threadpoolctl missing, or no load average).
+    """
+    if threads is None:
+        return None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        if threads != "auto":
+            warn(cmd, "--threads needs threadpoolctl (pip install threadpoolctl); using NumPy's default")
+        return None
+    if threads == "auto":
+        cores = os.cpu_count() or 1
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # no load average on this platform
+            return None
+        threads = auto_threads(cores, load)
+    threadpool_limits(limits=int(threads), user_api="blas")
+    return int(threads)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import positive_int
+from ._common import add_threads_argument, positive_int
 
 DESCRIPTION = """\
 Measure cnnkit's speed without PyTorch: for each model, images/s of a training step (forward, cross-entropy,
@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default: 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results and environment as JSON")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    add_threads_argument(p)
     p.set_defaults(func=run)
 
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import bench
     from ..errors import ConfigError
-    from ._common import format_table, guard_outputs, write_json
+    from ._common import format_table, guard_outputs, set_blas_threads, write_json
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = None
     if args.batch_size:
         sizes = {name: args.batch_size for name in (models or bench.BENCH_MODELS)}
+    set_blas_threads(args.threads, "bench")
     env = bench.environment()
     print(f"numpy {env['numpy']}, BLAS: {env['blas']}, {env['cpu_count']} CPUs")
     results = bench.run_benchmarks(
@@ -80,10 +82,21 @@ def run(args: argparse.Namespace) -> int:
         )
         for r in results
     ]
-    headers = ["model", "input", "batch", "train img/s", "train ms/step", "infer img/s", "infer ms/batch", "peak RSS MiB"]
+    headers = [
+        "model",
+        "input",
+        "batch",
+        "train img/s",
+        "train ms/step",
+        "infer img/s",
+        "infer ms/batch",
+        "peak RSS MiB",
+    ]
     print(format_table(headers, rows, "llrrrrrr"))
     print("(medians over timed steps; peak RSS is the process's peak so far)")
     if args.json:
-        write_json(args.json, {"environment": env, "steps": args.steps, "warmup": args.warmup, "results": results})
+        write_json(
+            args.json, {"environment": env, "steps": args.steps, "warmup": args.warmup, "results": results}
+        )
         print(f"wrote {args.json}")
     return 0

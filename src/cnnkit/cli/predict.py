@@ -42,18 +42,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print; returns the exit status."""
-    from ._common import collect_image_files, predict_files, require_path
+    from ._common import Preprocess, class_names_of, collect_image_files, load_model_file, predict_files
 
-    model_path = require_path(args.model, "model file")
+    model = load_model_file(args.model)
+    pre = Preprocess.from_model(model)
     files, problems = collect_image_files(args.inputs)
-    from ._common import load_model_for_inference
-
-    model, pre, class_names = load_model_for_inference(model_path)
-    results, bad = predict_files(model, pre, class_names, files, top_k=args.top_k, batch_size=args.batch_size)
+    results, bad = predict_files(
+        model, pre, class_names_of(model), files, top_k=args.top_k, batch_size=args.batch_size
+    )
     problems.extend(bad)
     if args.json:
         payload = {
-            "model": str(model_path),
+            "model": str(args.model),
             "predictions": results,
             "errors": [{"file": f, "error": e} for f, e in problems],
         }

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL|FILE", help="a zoo model name (e.g. lenet5) or a .cnnkit file")
+    parser.add_argument(
+        "model", metavar="MODEL|FILE", help="a zoo model name (e.g. lenet5) or a .cnnkit file"
+    )
     parser.add_argument(
         "--input-shape", type=parse_shape, metavar="C,H,W", help="input shape for a zoo model, e.g. 1,28,28"
     )
@@ -34,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     """Print the summary; returns the exit status."""
     path = Path(args.model)
     if path.is_file():
-        from ..io.model_file import load_model
+        from ._common import load_model_file
 
-        model = load_model(path)
+        model = load_model_file(path)
         print(f"{path}")
         names = getattr(model, "class_names", None)
         if names:

@@ -13,8 +13,16 @@ accuracy. It writes three files into ``--out`` (default ``runs/<model>-<data>``)
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from ._common import AUGMENT_PRESETS, DATASET_NAMES, parse_augment, parse_image_size, positive_int
+from ._common import (
+    AUGMENT_PRESETS,
+    DATASET_NAMES,
+    add_threads_argument,
+    parse_augment,
+    parse_image_size,
+    positive_int,
+)
 
 #: Defaults of the main job (``cnnkit train`` with no arguments).
 DEFAULTS = {
@@ -89,8 +97,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="resize images to this size (folders and shapes; default: the model's or 28 / 32)",
     )
     color = p.add_mutually_exclusive_group()
-    color.add_argument("--grey", "--gray", dest="color", action="store_const", const="grey", help="folders: grey")
-    color.add_argument("--rgb", dest="color", action="store_const", const="rgb", help="folders: RGB (default)")
+    color.add_argument(
+        "--grey", "--gray", dest="color", action="store_const", const="grey", help="folders: grey"
+    )
+    color.add_argument(
+        "--rgb", dest="color", action="store_const", const="rgb", help="folders: RGB (default)"
+    )
     p.add_argument(
         "--validation-split",
         type=float,
@@ -109,12 +121,198 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--strict", action="store_true", help="folders: a bad image file is an error, not skipped")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only N training images (quick tries)")
-    p.add_argument("--verbose", "-v", action="store_true", help="progress bars and per-epoch details")
+    add_threads_argument(p)
+    p.add_argument("--verbose", "-v", action="store_true", help="a progress bar per epoch")
     p.set_defaults(func=run, color=None)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train and save; returns the exit status."""
-    from ._train_impl import train
+    import time
+    from pathlib import Path
 
-    return train(args)
+    from ..errors import ConfigError
+    from ._common import data_label, guard_outputs, require_model_name, set_blas_threads
+
+    start = time.perf_counter()
+    if not 0.0 <= args.validation_split < 1.0:
+        raise ConfigError(f"--validation-split must be in [0, 1), got {args.validation_split}")
+    if args.early_stopping and args.validation_split == 0.0:
+        raise ConfigError("--early-stopping needs validation data: give --validation-split > 0")
+    if args.lr <= 0:
+        raise ConfigError(f"--lr must be > 0, got {args.lr}")
+    require_model_name(args.model)
+    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_label(args.data)}"
+    paths = {name: out / name for name in ("model.cnnkit", "metrics.json", "curves.png")}
+    guard_outputs(paths.values(), args.force)
+    threads = set_blas_threads(args.threads, "train")
+    return _train(args, out, paths, start, threads)
+
+
+def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, threads: int | None) -> int:
+    import sys
+    import time
+
+    import numpy as np
+
+    from ..data import Augment, DataLoader, Normalize
+    from ..training.callbacks import EarlyStopping
+    from ..training.fit import evaluate, fit
+    from ._common import (
+        build_for_data,
+        fit_normalize,
+        load_data,
+        make_optimizer,
+        save_curves,
+        write_json,
+    )
+
+    say = print
+    data = load_data(
+        args.data,
+        model_name=args.model,
+        image_size=args.image_size,
+        color=args.color,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        strict=args.strict,
+        limit=args.limit,
+        on_bad_file=lambda path, reason: print(
+            f"cnnkit train: skipped bad file {path}: {reason}", file=sys.stderr
+        ),
+    )
+    say(data.describe())
+    model = build_for_data(args.model, data, seed=args.seed)
+    say(
+        f"model: {args.model}, input {'x'.join(map(str, data.input_shape))}, {model.count_params():,} parameters"
+    )
+
+    normalize = fit_normalize(Normalize(args.normalize), data.train, seed=args.seed)
+    augment_kwargs = dict(args.augment or {})
+    augment = None
+    if augment_kwargs:
+        augment = Augment(**_pixels(augment_kwargs, data.image_size), seed=args.seed)
+    train_loader = DataLoader(
+        data.train, args.batch_size, shuffle=True, seed=args.seed, transform=normalize, augment=augment
+    )
+    val_loader = None
+    if data.validation is not None:
+        val_loader = DataLoader(data.validation, 256, shuffle=False, transform=normalize)
+    callbacks = []
+    if args.early_stopping:
+        callbacks.append(EarlyStopping("val_loss", patience=args.early_stopping, restore_best_weights=True))
+    optimizer = make_optimizer(args.optimizer, args.lr)
+    say(
+        f"training: {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr:g}, "
+        f"normalize {args.normalize}"
+        + (f", augment {augment_kwargs}" if augment_kwargs else "")
+        + (f", {threads} BLAS thread(s)" if threads else "")
+    )
+    load_s = time.perf_counter() - start
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        train_loader,
+        epochs=args.epochs,
+        validation_data=val_loader,
+        optimizer=optimizer,
+        callbacks=callbacks,
+        seed=args.seed,
+        verbose=1 if args.verbose else 2,
+        class_names=data.class_names,
+    )
+    train_s = time.perf_counter() - t0
+
+    # Final metrics: the test split when the data set has one, else the validation split.
+    final_name, final_data = ("test", data.test) if data.test is not None else ("validation", data.validation)
+    final: dict | None = None
+    if final_data is not None:
+        loader = DataLoader(final_data, 256, shuffle=False, transform=normalize)
+        final = evaluate(model, loader)
+    epochs_run = len(history)
+    epoch_times = [float(t) for t in history.history.get("time", [])]
+    ips = [float(v) for v in history.history.get("images_per_sec", [])]
+    preprocess = {
+        "image_size": list(data.image_size),
+        "color": data.color,
+        "normalize": normalize.get_config(),
+    }
+    metadata = {
+        "preprocess": preprocess,
+        "data": data.summary(),
+        "training": {
+            "epochs": epochs_run,
+            "batch_size": args.batch_size,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "augment": augment.get_config() if augment is not None else None,
+            "seed": args.seed,
+            "blas_threads": threads,
+        },
+        f"{final_name}_metrics": final,
+    }
+    model.metadata = metadata
+    model.save(paths["model.cnnkit"], metadata=metadata)
+    total_s = time.perf_counter() - start
+    metrics = {
+        "model": args.model,
+        "params": model.count_params(),
+        "input_shape": list(data.input_shape),
+        "data": data.summary(),
+        "preprocess": preprocess,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+        "history": history.to_dict(),
+        "epochs_run": epochs_run,
+        "interrupted": bool(history.interrupted),
+        "stopped_epoch": history.stopped_epoch,
+        f"{final_name}_metrics": final,
+        "final": {"split": final_name, **(final or {})},
+        "timing": {
+            "total_s": total_s,
+            "load_s": load_s,
+            "train_s": train_s,
+            "epoch_s": epoch_times,
+            "mean_epoch_s": float(np.mean(epoch_times)) if epoch_times else None,
+            "images_per_s": float(np.mean(ips)) if ips else None,
+        },
+        "bad_files": [{"file": p, "error": r} for p, r in data.bad_files()],
+    }
+    png = save_curves(history, paths["curves.png"])
+    metrics["curves_png"] = str(png) if png else None
+    write_json(paths["metrics.json"], metrics)
+
+    if history.interrupted:
+        say(f"interrupted after {epochs_run} epoch(s); the model so far is saved")
+    elif history.stopped_epoch is not None:
+        say(f"early stopping after epoch {history.stopped_epoch + 1}; kept the best weights")
+    if final is not None:
+        say(
+            f"{final_name} accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f}, {len(final_data)} images)"
+        )
+    else:
+        last = history.last()
+        say(f"training accuracy: {last.get('accuracy', float('nan')):.4f} (no test or validation split)")
+    mean_epoch = metrics["timing"]["mean_epoch_s"] or 0.0
+    say(
+        f"time: {total_s:.1f} s total, {train_s:.1f} s training ({mean_epoch:.1f} s/epoch, "
+        f"{metrics['timing']['images_per_s'] or 0:.0f} images/s)"
+    )
+    bad = data.bad_files()
+    if bad:
+        say(f"skipped {len(bad)} unreadable file(s) (listed in metrics.json)")
+    say(f"wrote {paths['model.cnnkit']}, {paths['metrics.json']}" + (f", {png}" if png else ""))
+    if not png:
+        say("curves.png skipped: matplotlib is not installed (pip install cnnkit[viz])")
+    return 130 if history.interrupted else 0
+
+
+def _pixels(kwargs: dict, image_size: tuple[int, int]) -> dict:
+    """``translate`` below 1 is a fraction of the image size; Augment takes whole pixels."""
+    out = dict(kwargs)
+    t = out.get("translate")
+    if t is not None:
+        if t < 1:
+            out["translate"] = (int(round(t * image_size[0])), int(round(t * image_size[1])))
+        else:
+            out["translate"] = int(round(t))
+    return out

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import ConfigError, DTypeError, ShapeError
 
 FILL_MODES = ("edge", "reflect", "constant")
+_PIXELS_PER_CHUNK = 1 << 16
 
 
 def _check_batch(x: object, op: str) -> np.ndarray:
@@ -78,9 +79,7 @@ def _reflect(coord: np.ndarray, size: int) -> np.ndarray:
     return (size - 1) - np.abs(np.mod(coord, period) - (size - 1))
 
 
-def warp_affine(
-    x: np.ndarray, maps: np.ndarray, fill_mode: str = "edge", fill: float = 0.0
-) -> np.ndarray:
+def warp_affine(x: np.ndarray, maps: np.ndarray, fill_mode: str = "edge", fill: float = 0.0) -> np.ndarray:
     """Resample every image of ``x`` (N, C, H, W) through its inverse map ``maps[n]`` (2x3), bilinearly.
 
     ``out[n, :, i, j] = bilinear(x[n], maps[n] @ (i, j, 1))``: with ``(r, c)`` the source point,
@@ -97,6 +96,16 @@ def warp_affine(
     maps = np.asarray(maps, dtype=np.float64)
     if maps.shape != (n, 2, 3):
         raise ShapeError(f"warp_affine: maps must have shape ({n}, 2, 3), got {maps.shape}")
+    out = np.empty_like(x)
+    step = max(1, _PIXELS_PER_CHUNK // (h * w))  # a few images at a time keeps the temporaries in cache
+    for start in range(0, n, step):
+        sl = slice(start, start + step)
+        out[sl] = _warp_chunk(x[sl], maps[sl], fill_mode, fill)
+    return out
+
+
+def _warp_chunk(x: np.ndarray, maps: np.ndarray, fill_mode: str, fill: float) -> np.ndarray:
+    n, ch, h, w = x.shape
     work = np.float64 if x.dtype == np.float64 else np.float32
     rows = np.arange(h, dtype=np.float64)[:, None]
     cols = np.arange(w, dtype=np.float64)[None, :]
@@ -132,8 +141,8 @@ def warp_affine(
     out = lerp(top, bottom, a).reshape(n, h, w, ch).transpose(0, 3, 1, 2)
     if x.dtype == np.uint8:
         out += 0.5  # values lie in [0, 255]: truncating after +0.5 rounds to nearest
-        return np.ascontiguousarray(out.astype(np.uint8))
-    return np.ascontiguousarray(out, dtype=x.dtype)
+        return out.astype(np.uint8)
+    return out
 
 
 def rotate(x: np.ndarray, degrees: float, fill_mode: str = "edge", fill: float = 0.0) -> np.ndarray:
@@ -203,7 +212,9 @@ class Augment:
             t = tuple(translate)
         else:
             t = ()
-        if len(t) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in t):
+        if len(t) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in t
+        ):
             raise ConfigError(f"Augment: translate must be an int >= 0 or a pair of them, got {translate!r}")
         self.translate = (int(t[0]), int(t[1]))
         if fill_mode not in FILL_MODES:
@@ -228,9 +239,9 @@ class Augment:
         return {
             "degrees": rng.uniform(*self.rotation, n),
             "scale": rng.uniform(*self.zoom, n),
-            "translate": np.stack(
-                [rng.integers(-t, t + 1, n) for t in self.translate], axis=1
-            ).astype(np.float64),
+            "translate": np.stack([rng.integers(-t, t + 1, n) for t in self.translate], axis=1).astype(
+                np.float64
+            ),
             "flip": rng.random(n) < self.flip_p,
         }
 

@@ -7,7 +7,6 @@ Labels are int64 class indices into ``class_names``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -119,8 +118,3 @@ class LabeledImages(NamedTuple):
         """A stratified, seeded :class:`Dataset` (see :func:`train_test_split`)."""
         x_tr, y_tr, x_te, y_te = train_test_split(self.x, self.y, test_size, seed)
         return Dataset(x_tr, y_tr, x_te, y_te, list(self.class_names), source)
-
-
-def as_names(names: Sequence[str]) -> list[str]:
-    """Class names as a list of ``str``."""
-    return [str(n) for n in names]

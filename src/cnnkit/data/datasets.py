@@ -69,13 +69,22 @@ def _files_in(folder: Path, prefix: str = "") -> list[Path] | None:
     """The four files in ``folder`` (``.gz`` or raw), None when none is there; DataError when some are."""
     found: list[Path | None] = []
     for base in FASHION_FILES:
-        hit = next((folder / f"{prefix}{base}{ext}" for ext in (".gz", "") if (folder / f"{prefix}{base}{ext}").is_file()), None)
+        hit = next(
+            (
+                folder / f"{prefix}{base}{ext}"
+                for ext in (".gz", "")
+                if (folder / f"{prefix}{base}{ext}").is_file()
+            ),
+            None,
+        )
         found.append(hit)
     if all(f is None for f in found):
         return None
     missing = [f"{prefix}{b}[.gz]" for b, f in zip(FASHION_FILES, found, strict=True) if f is None]
     if missing:
-        raise DataError(f"fashion_mnist: {folder} holds only part of Fashion-MNIST; missing {', '.join(missing)}")
+        raise DataError(
+            f"fashion_mnist: {folder} holds only part of Fashion-MNIST; missing {', '.join(missing)}"
+        )
     return [f for f in found if f is not None]
 
 

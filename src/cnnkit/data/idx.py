@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FileFormatError
+from ..errors import DTypeError, FileFormatError, ShapeError
 from ..utils.atomic import write_bytes_atomic
 
 #: IDX type code -> NumPy dtype (big-endian where it matters).
@@ -49,7 +49,7 @@ _MAX_DEFLATE_RATIO = 1100
 
 
 def _open_stream(path: Path) -> tuple[io.BufferedIOBase, bool]:
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    raw = open(path, "rb")  # closed by the caller (via the returned stream)
     head = raw.read(2)
     raw.seek(0)
     if head == _GZIP_MAGIC:
@@ -141,9 +141,11 @@ def encode_idx(array: np.ndarray) -> bytes:
     array = np.asarray(array)
     key = array.dtype.newbyteorder("=")
     if key not in _CODES:
-        raise FileFormatError(f"IDX: dtype {array.dtype} cannot be stored; use one of uint8, int8, int16, ...")
+        raise DTypeError(
+            f"IDX: dtype {array.dtype} cannot be stored; use uint8, int8, int16, int32, float32 or float64"
+        )
     if array.ndim < 1 or array.ndim > 255:
-        raise FileFormatError(f"IDX: expected an array with 1 to 255 dims, found {array.ndim}")
+        raise ShapeError(f"IDX: expected an array with 1 to 255 dims, found {array.ndim}")
     code = _CODES[key]
     header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()

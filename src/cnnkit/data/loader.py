@@ -99,6 +99,9 @@ class DataLoader:
         it gets a generator seeded by ``(seed, epoch, batch number, augment.seed)``.
     prefetch: batches prepared ahead in a background thread (0: no thread).
     drop_last: drop the final incomplete batch.
+
+    A lazy data set that skips unreadable files (:func:`~cnnkit.data.folder.image_folder`) yields
+    batches that are short by the files it skipped; ``len(loader)`` is then an upper bound.
     """
 
     def __init__(
@@ -119,7 +122,9 @@ class DataLoader:
                 raise ConfigError(f"DataLoader: {name} must be callable, got {type(fn).__name__}")
         self.source = _as_source(data)
         self.shuffle = bool(shuffle)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+        ):
             raise ConfigError(f"DataLoader: seed must be an int >= 0 or None, got {seed!r}")
         self.seed = int(global_rng().integers(2**31)) if seed is None else int(seed)
         self.transform = transform
@@ -159,7 +164,9 @@ class DataLoader:
         """The index arrays of the batches of ``epoch``."""
         order = self.order(epoch)
         stop = len(self) * self.batch_size
-        return [order[s : min(s + self.batch_size, stop, len(order))] for s in range(0, stop, self.batch_size)]
+        return [
+            order[s : min(s + self.batch_size, stop, len(order))] for s in range(0, stop, self.batch_size)
+        ]
 
     def _make_batch(self, epoch: int, number: int, indices: np.ndarray) -> Batch | None:
         xb, yb = self.source.load_batch(indices)

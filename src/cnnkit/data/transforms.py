@@ -156,7 +156,9 @@ class Normalize:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Normalize:
         """Rebuild from :meth:`get_config`'s output."""
-        return cls(config.get("mode", "unit"), config.get("mean"), config.get("std"), config.get("max_value", 255.0))
+        return cls(
+            config.get("mode", "unit"), config.get("mean"), config.get("std"), config.get("max_value", 255.0)
+        )
 
     def __repr__(self) -> str:
         extra = f", mean={self.mean}, std={self.std}" if self.mode == "standardize" else ""

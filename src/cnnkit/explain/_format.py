@@ -46,9 +46,7 @@ def parse_matrix(value: MatrixLike, what: str = "matrix", op: str = "explain") -
         try:
             data = [[float(v) for v in row] for row in rows]
         except ValueError:
-            raise ConfigError(
-                f"{op}: {what} must be numbers, rows separated by ';', got {value!r}"
-            ) from None
+            raise ConfigError(f"{op}: {what} must be numbers, rows separated by ';', got {value!r}") from None
         if not data or len({len(r) for r in data}) != 1:
             raise ShapeError(
                 f"{op}: {what} must have rows of equal length, got row lengths {[len(r) for r in data]} "
@@ -122,7 +120,9 @@ def matrix_lines(arr: np.ndarray, places: int = 4, labels: np.ndarray | None = N
     return ["[ " + "  ".join(str(c).rjust(width) for c in row) + " ]" for row in cells]
 
 
-def matrix_text(arr: np.ndarray, places: int = 4, indent: str = "  ", labels: np.ndarray | None = None) -> str:
+def matrix_text(
+    arr: np.ndarray, places: int = 4, indent: str = "  ", labels: np.ndarray | None = None
+) -> str:
     """:func:`matrix_lines` joined into one indented block."""
     return "\n".join(indent + line for line in matrix_lines(arr, places, labels))
 

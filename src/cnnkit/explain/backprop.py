@@ -37,14 +37,14 @@ IMAGE = np.array(
 )
 KERNEL = np.array([[0.6, -0.4], [0.2, 0.5]], dtype=np.float64)
 CONV_BIAS = -0.5
-DENSE_W = np.array(
-    [[0.2, -0.1, 0.4, 0.3], [-0.3, 0.5, 0.1, -0.2], [0.1, 0.2, -0.4, 0.3]], dtype=np.float64
-)
+DENSE_W = np.array([[0.2, -0.1, 0.4, 0.3], [-0.3, 0.5, 0.1, -0.2], [0.1, 0.2, -0.4, 0.3]], dtype=np.float64)
 DENSE_B = np.array([0.1, 0.0, -0.1], dtype=np.float64)
 LABEL = 0
 
 
-def _forward(x: np.ndarray, k: np.ndarray, bk: float, w: np.ndarray, bw: np.ndarray, label: int) -> dict[str, Any]:
+def _forward(
+    x: np.ndarray, k: np.ndarray, bk: float, w: np.ndarray, bw: np.ndarray, label: int
+) -> dict[str, Any]:
     """The forward pass with the library's ops; returns every intermediate and cache."""
     conv, conv_cache = conv2d_forward(x, k[None, None], np.array([bk], dtype=x.dtype))
     act, relu_cache = relu_forward(conv)
@@ -129,7 +129,8 @@ class BackpropExplanation(Explanation):
         lines.append(heading("Forward", "-"))
         lines.append(
             side_by_side(
-                [["Image I"] + matrix_lines(self.image), ["Kernel K"] + matrix_lines(self.kernel)], gap="      "
+                [["Image I"] + matrix_lines(self.image), ["Kernel K"] + matrix_lines(self.kernel)],
+                gap="      ",
             )
         )
         lines.append(f"Conv bias b = {num(self.conv_bias)}")
@@ -146,7 +147,11 @@ class BackpropExplanation(Explanation):
         )
         lines.append(f"Flatten: [{', '.join(num(v) for v in self.flat)}]")
         lines.append("")
-        lines.append(side_by_side([["Dense W"] + matrix_lines(self.dense_w), ["b"] + matrix_lines(self.dense_b[:, None])]))
+        lines.append(
+            side_by_side(
+                [["Dense W"] + matrix_lines(self.dense_w), ["b"] + matrix_lines(self.dense_b[:, None])]
+            )
+        )
         lines.append(f"logits z = W x + b = [{', '.join(num(v) for v in self.logits)}]")
         lines.append(f"p = softmax(z) = [{', '.join(num(v) for v in self.probs)}]   (§6.2)")
         lines.append(
@@ -161,21 +166,31 @@ class BackpropExplanation(Explanation):
             f" = [{', '.join(num(v) for v in self.dlogits)}]"
         )
         lines.append("")
-        lines.append("2. Fully connected layer: dL/dW = dL/dz (column) x x (row), dL/db = dL/dz, dL/dx = W^T dL/dz")
+        lines.append(
+            "2. Fully connected layer: dL/dW = dL/dz (column) x x (row), dL/db = dL/dz, dL/dx = W^T dL/dz"
+        )
         lines.append(
             side_by_side(
                 [["dL/dW"] + matrix_lines(self.dense_dw), ["dL/db"] + matrix_lines(self.dense_db[:, None])],
                 indent="   ",
             )
         )
-        lines.append(f"   dL/dx = [{', '.join(num(v) for v in self.dflat)}]  (reshaped to 2x2 for the pooling layer)")
+        lines.append(
+            f"   dL/dx = [{', '.join(num(v) for v in self.dflat)}]  (reshaped to 2x2 for the pooling layer)"
+        )
         lines.append("")
         positions = ", ".join(f"({r}, {c})" for r, c in self.max_positions)
-        lines.append("3. Max pooling: each window's gradient goes to the position that held the max; the rest get 0")
+        lines.append(
+            "3. Max pooling: each window's gradient goes to the position that held the max; the rest get 0"
+        )
         lines.append(f"   max positions in the 4x4 ReLU output: {positions}")
         lines.append(
             side_by_side(
-                [["dL/d(pooled)"] + matrix_lines(self.dpooled), "->", ["dL/d(ReLU out)"] + matrix_lines(self.drelu)],
+                [
+                    ["dL/d(pooled)"] + matrix_lines(self.dpooled),
+                    "->",
+                    ["dL/d(ReLU out)"] + matrix_lines(self.drelu),
+                ],
                 indent="   ",
             )
         )
@@ -192,7 +207,9 @@ class BackpropExplanation(Explanation):
                 )
             )
         lines.append("")
-        lines.append("5. Convolution (§11.2): dL/dK is the input cross-correlated with dL/dO (dL/dO as the kernel)")
+        lines.append(
+            "5. Convolution (§11.2): dL/dK is the input cross-correlated with dL/dO (dL/dO as the kernel)"
+        )
         lines.append(
             wrap(
                 "dL/dK[m, n] = sum_ij dL/dO[i, j] * I[i + m, j + n]: every weight collects the input pixels "
@@ -244,7 +261,11 @@ class BackpropExplanation(Explanation):
         )
         lines.append("(the dense layer's W and b are updated the same way)")
         lines.append("")
-        verdict = "smaller: the step went downhill" if self.loss_after < self.loss else "not smaller: eta is too large"
+        verdict = (
+            "smaller: the step went downhill"
+            if self.loss_after < self.loss
+            else "not smaller: eta is too large"
+        )
         lines.append(
             wrap(
                 f"Loss before the step: {num(self.loss, 6)}; after one step on all weights: "
@@ -296,7 +317,9 @@ def backprop(lr: float = 0.1) -> BackpropExplanation:
     # §11.2 written with the forward op: dL/dK = corr(I, dL/dO); dL/dI = full conv of dL/dO with K.
     dk_corr = conv2d(x, np.ascontiguousarray(dconv))[0, 0]
     kh, kw = KERNEL.shape
-    di_full = conv2d(np.ascontiguousarray(dconv), KERNEL[None, None], padding=(kh - 1, kw - 1), flip_kernel=True)[0, 0]
+    di_full = conv2d(
+        np.ascontiguousarray(dconv), KERNEL[None, None], padding=(kh - 1, kw - 1), flip_kernel=True
+    )[0, 0]
 
     k_new = KERNEL - lr * dkernel[0, 0]
     b_new = CONV_BIAS - lr * float(dbias[0])

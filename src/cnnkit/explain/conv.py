@@ -27,8 +27,10 @@ from ._format import (
     matrix_text,
     num,
     parse_matrix,
+    plural,
     side_by_side,
     signed,
+    wrap,
 )
 
 #: The notes' §3.3 image and edge-detecting filter.
@@ -82,28 +84,32 @@ class ConvExplanation(Explanation):
         lines += ["Image I:", matrix_text(self.image), "", "Kernel K:", matrix_text(self.kernel), ""]
         if self.padding:
             lines += [
-                f"Padding {self.padding}: {self.padding} ring(s) of zeros around the image (§3.4's P):",
+                f"Padding {self.padding}: {plural(self.padding, 'ring')} of zeros around the image (§3.4's P):",
                 matrix_text(self.padded),
                 "",
             ]
         if self.flip_kernel:
             lines += [
-                "flip_kernel=True: the true convolution of §3.2, I[i - m, j - n] K[m, n]. Turning the kernel",
-                "by 180 degrees makes it the same as sliding the flipped kernel without flipping:",
+                wrap(
+                    "flip_kernel=True: the true convolution of §3.2, sum_m sum_n I[i - m, j - n] K[m, n]. "
+                    "It equals sliding the kernel turned by 180 degrees without flipping:"
+                ),
                 matrix_text(self.applied_kernel),
                 "",
             ]
         else:
             lines += [
-                "The kernel slides over the image without being flipped: out[i, j] = sum_m sum_n "
-                "I[i + m, j + n] K[m, n].",
-                "This is a cross-correlation, what §3.3's example does and what every framework calls",
-                "convolution. §3.2's formula I[i - m, j - n] K[m, n] flips the kernel first (use --flip",
-                "or flip_kernel=True for it); for a learned kernel the difference does not matter.",
+                wrap(
+                    "The kernel slides over the image without being flipped: out[i, j] = sum_m sum_n "
+                    "I[i + m, j + n] K[m, n]. This is a cross-correlation: what §3.3's example does, and what "
+                    "every framework (and cnnkit) calls convolution. §3.2's formula, I[i - m, j - n] K[m, n], "
+                    "flips the kernel by 180 degrees first (--flip / flip_kernel=True); for a learned kernel "
+                    "the difference does not matter, since the network simply learns the flipped kernel."
+                ),
                 "",
             ]
         span = (self.dilation * (kh - 1) + 1, self.dilation * (kw - 1) + 1)
-        move = f"the window moves {self.stride} pixel(s) at a time (stride {self.stride})"
+        move = f"the window moves {plural(self.stride, 'pixel')} at a time (stride {self.stride})"
         if self.dilation > 1:
             move += (
                 f"; dilation {self.dilation} reads every {self.dilation}th pixel, so the {kh}x{kw} kernel "
@@ -149,7 +155,9 @@ class ConvExplanation(Explanation):
         if self.matches_notes:
             return [f"This matches the output the notes print in §3.3, {printed}."]
         kind = "convolution with the flipped kernel (§3.2)" if self.flip_kernel else "cross-correlation"
-        other_kind = "cross-correlation (§3.3's sliding)" if self.flip_kernel else "flipped-kernel §3.2 formula"
+        other_kind = (
+            "cross-correlation (§3.3's sliding)" if self.flip_kernel else "flipped-kernel §3.2 formula"
+        )
         return [
             f"Note: the notes print {printed} as §3.3's final output. That is wrong: the correct {kind}",
             f"is {computed}. The notes' own Step 1 gives 0, which agrees with output[0, 0] above; the",

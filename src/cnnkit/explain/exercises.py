@@ -92,14 +92,17 @@ def _size_exercise(
     else:
         y = conv2d(x, np.zeros((1, c, kernel, kernel), dtype=np.float32), stride=stride, padding=padding)
         depth = "?"
-        op_text = f"conv2d with one {kernel}x{kernel}x{c} filter on a (1, {c}, {h}, {w}) array gives {y.shape}"
+        op_text = (
+            f"conv2d with one {kernel}x{kernel}x{c} filter on a (1, {c}, {h}, {w}) array gives {y.shape}"
+        )
     formula = f"({h} - {kernel} + 2*{padding}) / {stride} + 1 = {num(float(exact))}"
     if exact.denominator != 1:
         formula += f" -> rounded down to {out}"
     working = "\n".join(
         [
             f"  {formula}",
-            f"  output {out} x {out} x {depth}" + (" (depth = the number of filters)" if depth == "?" else ""),
+            f"  output {out} x {out} x {depth}"
+            + (" (depth = the number of filters)" if depth == "?" else ""),
             f"  check: {op_text}",
             f"  notes: {notes_working}",
         ]
@@ -183,7 +186,8 @@ def exercises() -> ExercisesExplanation:
                     *(
                         f"  output[{s.position[0]}, {s.position[1]}] = "
                         + " + ".join(
-                            f"({num(a)} x {num(b)})" for a, b in zip(s.window.ravel(), conv.kernel.ravel(), strict=True)
+                            f"({num(a)} x {num(b)})"
+                            for a, b in zip(s.window.ravel(), conv.kernel.ravel(), strict=True)
                         )
                         + f" = {num(s.total)}"
                         for s in conv.steps

@@ -98,7 +98,11 @@ class Im2colExplanation(Explanation):
         wlab = _labels("w", self.kernel.shape)
         lines.append(
             side_by_side(
-                [matrix_lines(wlab, labels=wlab), "->", matrix_lines(self.symbolic_weights, labels=self.symbolic_weights)]
+                [
+                    matrix_lines(wlab, labels=wlab),
+                    "->",
+                    matrix_lines(self.symbolic_weights, labels=self.symbolic_weights),
+                ]
             )
         )
         lines.append("")
@@ -165,7 +169,11 @@ def im2col(
     >>> r.output.tolist()
     [[1.0, 0.0], [1.0, 3.0]]
     """
-    for name, value, minimum in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("padding", padding, 0)):
+    for name, value, minimum in (
+        ("kernel_size", kernel_size, 1),
+        ("stride", stride, 1),
+        ("padding", padding, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise ConfigError(f"explain.im2col: {name} must be an int >= {minimum}, got {value!r}")
     mat = EXERCISE2_IMAGE if matrix is None else parse_matrix(matrix, "matrix", "explain.im2col")
@@ -203,6 +211,8 @@ def im2col(
         output=output,
         conv_output=conv_out,
         exercise2=bool(
-            np.array_equal(mat, EXERCISE2_IMAGE) and np.array_equal(ker, EXERCISE2_KERNEL) and (stride, padding) == (1, 0)
+            np.array_equal(mat, EXERCISE2_IMAGE)
+            and np.array_equal(ker, EXERCISE2_KERNEL)
+            and (stride, padding) == (1, 0)
         ),
     )

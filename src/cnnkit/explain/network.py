@@ -191,7 +191,9 @@ def _window_lines(layer: Layer, in_shape: Shape, out_shape: Shape, pooling: bool
         lines.append(f"width:  {fw}")
     if pooling and (kh, kw) == (sh, sw) and (t, b, l, r) == (0, 0, 0, 0) and (dh, dw) == (1, 1):
         if h % kh == 0 and w % kw == 0:
-            lines.append(f"(that is {h}/{kh} = {oh}, the shortcut §5.3 uses: window = stride = {kh} divides by {kh})")
+            lines.append(
+                f"(that is {h}/{kh} = {oh}, the shortcut §5.3 uses: window = stride = {kh} divides by {kh})"
+            )
     return lines
 
 
@@ -234,7 +236,12 @@ def _leaf_lines(layer: Layer) -> list[str]:
     elif in_shape is not None and out_shape is not None and len(in_shape) == 3 and len(out_shape) == 1:
         c, h, w = in_shape
         lines.append(f"{h}*{w}*{c} = {thousands(out_shape[0])} neurons (one vector per image, §5.6)")
-    elif in_shape is not None and out_shape is not None and len(out_shape) == 3 and out_shape[1:] != in_shape[1:]:
+    elif (
+        in_shape is not None
+        and out_shape is not None
+        and len(out_shape) == 3
+        and out_shape[1:] != in_shape[1:]
+    ):
         lines.append(f"averages each map down to {out_shape[1]}x{out_shape[2]}")
         if params:
             lines.append(f"parameters: {thousands(params)}")
@@ -267,6 +274,7 @@ def _resolve_model(model: Layer | str | os.PathLike[str]) -> tuple[Layer, str]:
         )
     path = Path(model)
     if path.is_file():
+        from .. import models  # noqa: F401 - registers Sequential and the residual blocks
         from ..io.model_file import load_model
 
         loaded = load_model(path)

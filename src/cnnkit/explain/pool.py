@@ -73,7 +73,12 @@ class PoolExplanation(Explanation):
         oh, ow = self.output.shape
         kh, kw = self.size
         name = {"max": "Max", "avg": "Average", "min": "Min"}[self.kind]
-        lines = [heading(f"{name} pooling (notes {_SECTION[self.kind]})"), "", "Input:", matrix_text(self.matrix)]
+        lines = [
+            heading(f"{name} pooling (notes {_SECTION[self.kind]})"),
+            "",
+            "Input:",
+            matrix_text(self.matrix),
+        ]
         lines.append("")
         what = {
             "max": "the largest value",
@@ -100,7 +105,9 @@ class PoolExplanation(Explanation):
         lines += ["", f"Output ({oh}x{ow}):", matrix_text(self.output), ""]
         if self.notes_result is not None:
             if self.matches_notes:
-                lines.append(f"This agrees with the notes' {_SECTION[self.kind]}: {inline_matrix(self.notes_result)}.")
+                lines.append(
+                    f"This agrees with the notes' {_SECTION[self.kind]}: {inline_matrix(self.notes_result)}."
+                )
             else:
                 lines.append(
                     f"The notes print {inline_matrix(self.notes_result)}; the correct result is "

@@ -94,7 +94,7 @@ def softmax(scores: Sequence[float] | np.ndarray | str = NOTES_SCORES) -> Softma
     because they add the rounded terms 7.39 + 2.72 + 1.11.
 
     >>> r = softmax()
-    >>> round(r.total, 4), [round(p, 2) for p in r.probabilities]
+    >>> round(r.total, 4), [round(float(p), 2) for p in r.probabilities]
     (11.2125, [0.66, 0.24, 0.1])
     """
     z = parse_vector(scores, "scores", "explain.softmax")

@@ -4,6 +4,7 @@ from .base import Layer
 
 # --- conv (layers/conv.py) ---
 from .conv import Conv2D
+
 # --- end conv ---
 # --- pool, activations, dense, flatten, dropout, norm ---
 # isort: split

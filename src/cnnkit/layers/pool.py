@@ -39,6 +39,7 @@ class _WindowPool:
 
     _forward_op: ClassVar[Callable[..., tuple[np.ndarray, Any]]]
     _backward_op: ClassVar[Callable[[np.ndarray, Any], np.ndarray]]
+    _empty_windows_ok: ClassVar[bool] = False  # max/min: a window of padding only has no value
     name: str
     _cache: Any
     grads: dict[str, np.ndarray]
@@ -66,7 +67,15 @@ class _WindowPool:
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         c, h, w = _image_shape(self, input_shape)  # type: ignore[arg-type]
-        g = P.pool_geometry((h, w), self.pool_size, self.stride, self.padding, self.dilation, op=self.name)
+        g = P.pool_geometry(
+            (h, w),
+            self.pool_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            op=self.name,
+            empty_windows_ok=self._empty_windows_ok,
+        )
         return (c, *g.out_size)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
@@ -118,6 +127,7 @@ class AvgPool2D(_WindowPool, Layer):
 
     _forward_op = staticmethod(P.avg_pool2d_forward)
     _backward_op = staticmethod(P.avg_pool2d_backward)
+    _empty_windows_ok = True
 
 
 class MinPool2D(_WindowPool, Layer):

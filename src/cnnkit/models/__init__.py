@@ -3,6 +3,7 @@
 from .sequential import Sequential
 
 # --- residual, zoo (models/residual.py, models/zoo.py) ---
+# isort: split
 from .residual import BasicBlock, Bottleneck, ResidualBlock
 from .zoo import ZooEntry, get, info, names
 # --- end residual, zoo ---

@@ -77,6 +77,13 @@ class ResidualBlock(Layer):
             out["downsample"] = self.downsample
         return out
 
+    def __getitem__(self, key: str) -> Layer:
+        """A child by name: ``block["conv1"]``, ``block["downsample"]`` (after build)."""
+        children = self.children()
+        if key not in children:
+            raise KeyError(f"{self.name}: no child {key!r}; children: {', '.join(children)}")
+        return children[key]
+
     # ----------------------------------------------------------------- building
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 3:
@@ -156,9 +163,11 @@ class ResidualBlock(Layer):
         masks, final = self._cache
         dy = dy * final  # the final ReLU, once, before the branches split
         d = dy
+        remaining = len(masks)
         for _, layer, relu_after in reversed(self._main):
             if relu_after:
-                d = d * masks.pop()
+                remaining -= 1
+                d = d * masks[remaining]
             d = layer.backward(d)
         d_short = self.downsample.backward(dy) if self.downsample is not None else dy
         return d + d_short

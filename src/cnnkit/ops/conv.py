@@ -46,13 +46,16 @@ Backward (notes §7.2, §11.2), with ``dY = dL/dout`` as an ``(N*OH*OW, F)`` mat
   overlapping contributions added. This is the "full" convolution of ``dout`` (with ``stride - 1``
   zeros between its entries) with the kernel, i.e. a full cross-correlation with the flipped kernel,
   cropped by the padding.
-- ``dL/db[f] = sum_{n,i,j} dout[n, f, i, j]`` (computed as ``ones @ dY``).
+- ``dL/db[f] = sum_{n,i,j} dout[n, f, i, j]``, i.e. ``dY^T @ ones``. The forward pass folds the bias
+  into its GEMM (``[X, 1] @ [[W], [b]]``: no separate pass over the output to add it), so ``db``
+  comes out of the weight-gradient GEMM as its last column.
 
 With ``flip_kernel=True`` the same formulas hold for the flipped kernel and ``dw`` is flipped back.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -321,7 +324,7 @@ def _col2im_taps(taps: np.ndarray, spec: _Spec, channels_first: bool = False) ->
         for q in range(kw):
             cols = slice(q * dw, q * dw + sw * (ow - 1) + 1, sw)
             dxp[:, rows, cols] += taps[p, q]
-    dx = dxp.reshape(n, hp, wp, -1)[:, t : t + h, l : l + w]
+    dx = dxp.reshape(n, hp, wp, math.prod(channels))[:, t : t + h, l : l + w]
     return dx.transpose(0, 3, 1, 2)
 
 
@@ -495,7 +498,8 @@ def conv2d_forward(
         ``out`` ``(N, F, OH, OW)`` (channels-last memory) and the cache for :func:`conv2d_backward`.
 
     A 1x1, stride-1, unpadded convolution (notes §8.1) skips im2col: it is one matrix product over
-    the channel axis. Everything else is one strided im2col copy and one GEMM per group.
+    the channel axis. Everything else is one strided im2col copy (with a ones column when there is
+    a bias, which then rides in the GEMM) and one GEMM per group, batched over all images.
     """
     op = "conv2d"
     spec = _check_conv(op, x, w, b, stride, padding, dilation, groups)
@@ -508,7 +512,7 @@ def conv2d_forward(
     if pointwise:
         # notes §8.1: a 1x1 convolution mixes channels only: (N*H*W, C) @ (C, F); no im2col, and
         # no copy at all when x already has channels-last memory.
-        cols = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * oh * ow, 1, -1)
+        cols = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * oh * ow, 1, x.shape[1])
         wmat = _weight_matrix(w, g, None)
     else:
         # the bias rides in the GEMM as a ones column: no separate pass over the output
@@ -567,9 +571,9 @@ def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np
 
     ``dx`` has ``x``'s shape, ``dw`` ``w``'s, ``db`` is ``(F,)`` or None when the forward pass had
     no bias. ``dw = dY^T @ im2col(x)`` (the cross-correlation of the input with ``dout``),
-    ``dx = col2im(dY @ W)`` (a full convolution of ``dout`` with the kernel), ``db = ones @ dY``
-    (the sum of ``dout`` over N, H, W); see the module docstring. ``dout`` is cast to the forward
-    pass's dtype.
+    ``dx = col2im(dY @ W)`` (a full convolution of ``dout`` with the kernel), ``db = dY^T @ ones``
+    (the sum of ``dout`` over N, H, W); see the module docstring. ``dout`` may have any memory
+    layout and is cast to the forward pass's dtype. ``dx`` has channels-last memory.
     """
     op = "conv2d_backward"
     if not isinstance(cache, _ConvCache):

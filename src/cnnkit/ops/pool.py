@@ -81,11 +81,14 @@ def pool_geometry(
     padding: IntOrPair = 0,
     dilation: IntOrPair = 1,
     op: str = "pool2d",
+    empty_windows_ok: bool = True,
 ) -> PoolGeometry:
     """Validate pooling arguments for a spatial input size ``(H, W)`` and compute the output size.
 
     Raises ConfigError for a bad argument (padding more than half the kernel included) and ShapeError
-    when the input is too small for even one window. ``op`` names the caller in the messages.
+    when the input is too small for even one window. With ``empty_windows_ok=False`` (max and min
+    pooling) a window that holds only padding, possible with dilation, is a ConfigError too: its
+    max would be -inf. ``op`` names the caller in the messages.
     """
     kernel = pair(kernel_size, "kernel_size", op)
     stride_ = kernel if stride is None else pair(stride, "stride", op)
@@ -107,6 +110,20 @@ def pool_geometry(
             f"{pad} and dilation {dil}: expected at least ({dil[0] * (kernel[0] - 1) + 1 - 2 * pad[0]}, "
             f"{dil[1] * (kernel[1] - 1) + 1 - 2 * pad[1]}), got ({h}, {w})"
         )
+    if not empty_windows_ok:
+        for axis, (size, k, s, p, d, o) in enumerate(
+            zip((h, w), kernel, stride_, pad, dil, out, strict=True)
+        ):
+            taps = np.arange(o)[:, None] * s - p + np.arange(k) * d
+            empty = ~((taps >= 0) & (taps < size)).any(axis=1)
+            if empty.any():
+                i = int(np.argmax(empty))
+                raise ConfigError(
+                    f"{op}: with padding {pad} and dilation {dil}, output {('row', 'column')[axis]} {i} "
+                    f"reads only padding (input positions {taps[i].tolist()}, valid 0..{size - 1}) for "
+                    f"input size ({h}, {w}); expected every window to hold an input value: reduce the "
+                    "padding or the dilation"
+                )
     return PoolGeometry(kernel, stride_, pad, dil, (h, w), (int(out[0]), int(out[1])))
 
 
@@ -232,7 +249,7 @@ def _extreme_forward(
 ) -> tuple[np.ndarray, tuple]:
     op = f"{kind}_pool2d"
     x = check_array(x, op, ndim=4)
-    g = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, op=op)
+    g = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, op=op, empty_windows_ok=False)
     ufunc, fill = _EXTREME[kind]
     xp = _pad(x, g.padding, fill)
     row_best = _reduce([_cols(xp, g, j) for j in range(g.kernel[1])], ufunc)  # (N, C, Hp, OW)

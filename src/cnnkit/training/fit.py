@@ -215,11 +215,17 @@ class _LoaderSource:
     def batches(self, epoch: int) -> Iterator[Batch]:
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
-        for item in self.loader:
-            if isinstance(item, (tuple, list)):
-                yield item[0], (item[1] if len(item) > 1 else None)
-            else:
-                yield item, None
+        iterator = iter(self.loader)
+        try:
+            for item in iterator:
+                if isinstance(item, (tuple, list)):
+                    yield item[0], (item[1] if len(item) > 1 else None)
+                else:
+                    yield item, None
+        finally:
+            close = getattr(iterator, "close", None)  # stop a prefetch thread now, not at garbage collection
+            if close is not None:
+                close()
 
     def first(self, epoch: int) -> Batch:
         """The first batch of ``epoch`` (to check shapes before training)."""
@@ -255,6 +261,13 @@ def _check_batch(xb: Any, yb: Any, model: Layer, classes: int | None, op: str, w
             )
         _check_label_range(yb, classes, op, f"the labels from {where}")
     return xb, yb
+
+
+def _unpack_pair(x: Any, y: Any) -> tuple[Any, Any]:
+    """``fit(model, (x, y))`` as ``fit(model, x, y)`` (a data set's ``train`` pair)."""
+    if y is None and isinstance(x, tuple) and len(x) == 2 and all(isinstance(a, np.ndarray) for a in x):
+        return x
+    return x, y
 
 
 def _source(
@@ -344,8 +357,8 @@ def _measure(
     """Mean loss and top-k accuracies of ``model`` on ``source`` in inference mode."""
     loss_sum, seen = 0.0, 0
     hits = dict.fromkeys(top_k, 0)
-    with _inference_mode(model):
-        for xb, yb in source.batches(0):
+    with _inference_mode(model), contextlib.closing(source.batches(0)) as batches:
+        for xb, yb in batches:
             if not source.checked:
                 xb, yb = _check_batch(xb, yb, model, classes, op, where)
             logits = head.logits(xb, False)
@@ -419,7 +432,7 @@ class Trainer:
         self._sigint = False
         self._callback_states: dict[str, Any] = {}
         self._buffers = [(owner.buffers, key) for _, owner, key in model.named_buffers()]
-        self._good_step = "none yet: the first step failed"
+        self._good_step: str | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -495,6 +508,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> History:
         """Run the epochs; returns the history."""
+        self.params["optimizer"] = {"class": type(self.optimizer).__name__, **self.optimizer.get_config()}
+        self.history.params = self.params
         self.callbacks.set_trainer(self)
         self.callbacks.call("on_train_begin", {})
         if self._callback_states:
@@ -522,8 +537,8 @@ class Trainer:
                 progress.close(None)
             self.history.interrupted = True
             print(
-                f"\nfit: interrupted during epoch {self.epoch + 1}/{self.epochs}; keeping the weights after the "
-                f"last completed step ({self._good_step}); {len(self.history)} epochs in the history",
+                f"\nfit: interrupted during epoch {self.epoch + 1}/{self.epochs}; keeping {self._last_good()}; "
+                f"{len(self.history)} completed epochs in the history",
                 file=sys.stderr,
             )
         except BaseException:
@@ -560,37 +575,20 @@ class Trainer:
         self.callbacks.call("on_epoch_begin", epoch, {})
         lr = self.optimizer.lr
         start = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        steps = len(self.train_source)
-        for batch, (xb, yb) in enumerate(self.train_source.batches(epoch)):
-            self.callbacks.call("on_batch_begin", batch, {})
-            if not self.train_source.checked:
-                xb, yb = _check_batch(xb, yb, self.model, self.classes, "fit", "the DataLoader")
-            try:
-                loss, hits = self._step(xb, yb)
-            except _NonFinite as bad:
-                raise TrainingError(
-                    f"fit: the {bad.what} became {bad.value} at epoch {epoch + 1}/{self.epochs}, "
-                    f"batch {batch + 1}/{steps}; training stopped and the model keeps the last good weights "
-                    f"(after {self._good_step}). Try a lower learning rate (now {self.optimizer.lr:g}), "
-                    "clip_norm=1.0, or check the inputs for NaN or huge values"
-                ) from None
-            n = len(yb)
-            seen += n
-            loss_sum += loss * n
-            correct += hits
-            self._good_step = f"epoch {epoch + 1}, batch {batch + 1}"
-            progress.update(seen, loss_sum / seen, correct / seen)
-            self.callbacks.call("on_batch_end", batch, {"loss": loss, "accuracy": hits / n, "size": n})
-            if self._sigint:
-                raise KeyboardInterrupt
-            if self.stop_training:
-                break
+        self._loss_sum, self._correct, self._seen = 0.0, 0, 0
+        with contextlib.closing(self.train_source.batches(epoch)) as batches:
+            for batch, (xb, yb) in enumerate(batches):
+                self._train_batch(epoch, batch, xb, yb, progress)
+                if self._sigint:
+                    raise KeyboardInterrupt
+                if self.stop_training:
+                    break
+        seen = self._seen
         if seen == 0:
             progress.close(None)
             return None
         train_time = time.perf_counter() - start
-        logs = {"loss": loss_sum / seen, "accuracy": correct / seen}
+        logs = {"loss": self._loss_sum / seen, "accuracy": self._correct / seen}
         if self.val_source is not None:
             val = _measure(
                 self.model,
@@ -610,6 +608,35 @@ class Trainer:
         progress.close(logs)
         self.callbacks.call("on_epoch_end", epoch, logs)
         return logs
+
+    def _last_good(self) -> str:
+        if self._good_step is None:
+            return "the weights it started with (no step had completed)"
+        return f"the weights after the last completed step ({self._good_step})"
+
+    def _train_batch(
+        self, epoch: int, batch: int, xb: np.ndarray, yb: np.ndarray, progress: EpochProgress
+    ) -> None:
+        """One training step with its checks, metrics, progress and callbacks."""
+        self.callbacks.call("on_batch_begin", batch, {})
+        if not self.train_source.checked:
+            xb, yb = _check_batch(xb, yb, self.model, self.classes, "fit", "the DataLoader")
+        try:
+            loss, hits = self._step(xb, yb)
+        except _NonFinite as bad:
+            raise TrainingError(
+                f"fit: the {bad.what} became {bad.value} at epoch {epoch + 1}/{self.epochs}, "
+                f"batch {batch + 1}/{len(self.train_source)}; training stopped and the model keeps "
+                f"{self._last_good()}. Try a lower learning rate (now {self.optimizer.lr:g}), "
+                "clip_norm=1.0, or check the inputs for NaN or huge values"
+            ) from None
+        n = len(yb)
+        self._seen += n
+        self._loss_sum += loss * n
+        self._correct += hits
+        self._good_step = f"epoch {epoch + 1}, batch {batch + 1}"
+        progress.update(self._seen, self._loss_sum / self._seen, self._correct / self._seen)
+        self.callbacks.call("on_batch_end", batch, {"loss": loss, "accuracy": hits / n, "size": n})
 
     def _step(self, xb: np.ndarray, yb: np.ndarray) -> tuple[float, int]:
         saved = [store[key].copy() for store, key in self._buffers]
@@ -793,6 +820,7 @@ def fit(
     cbs = _normalise_callbacks(callbacks)
 
     # ---- data and model
+    x, y = _unpack_pair(x, y)
     x, y, validation_data = _split_validation(x, y, validation_split, validation_data)
     train = _source(x, y, batch_size=batch_size, shuffle=bool(shuffle), seed=seed, op=op, name="x")
     if isinstance(train, _ArraySource):
@@ -845,7 +873,6 @@ def fit(
     )
     if resume_from is not None:
         trainer.resume(str(resume_from), optimizer_given)
-    params["optimizer"] = trainer.optimizer.get_config() | {"class": type(trainer.optimizer).__name__}
     return trainer.train()
 
 
@@ -870,6 +897,7 @@ def evaluate(
     if isinstance(top_k, int):
         top_k = (top_k,)
     ks = tuple(_check_int(k, "top_k", op, 1) for k in top_k)
+    x, y = _unpack_pair(x, y)
     source = _source(x, y, batch_size=batch_size, shuffle=False, seed=0, op=op, name="x")
     if isinstance(source, _ArraySource):
         _ensure_built(model, source.x.shape[1:], op, "x")
@@ -924,8 +952,8 @@ def predict(model: Layer, x: Any, batch_size: int = 256, *, verbose: int = 0) ->
 
         bar = tqdm(total=len(source), desc="Predict", unit="batch", file=sys.stderr, dynamic_ncols=True)
     try:
-        with _inference_mode(model):
-            for xb, _ in source.batches(0):
+        with _inference_mode(model), contextlib.closing(source.batches(0)) as batches:
+            for xb, _ in batches:
                 if not source.checked:
                     xb, _ = _check_batch(xb, None, model, None, op, "the DataLoader")
                 outputs.append(head.probabilities(xb))

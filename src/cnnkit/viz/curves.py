@@ -74,7 +74,9 @@ def metrics_from(history: Any) -> tuple[list[float], dict[str, list[float]]]:
         )
     lengths = {len(v) for v in out.values()}
     if len(lengths) != 1 or 0 in lengths:
-        raise ConfigError(f"plot_curves: every metric needs one value per epoch, got lengths {sorted(lengths)}")
+        raise ConfigError(
+            f"plot_curves: every metric needs one value per epoch, got lengths {sorted(lengths)}"
+        )
     n = lengths.pop()
     xs = _floats(epochs, "epoch") if epochs is not None else [float(k) for k in range(1, n + 1)]
     if len(xs) != n:
@@ -118,7 +120,12 @@ def curves_figure(history: Any) -> Any:
     if val and any(not math.isnan(v) for v in val):
         best = min((v, k) for k, v in enumerate(val) if not math.isnan(v))[1]
         ax_loss.scatter(
-            [epochs[best]], [val[best]], s=80, facecolors="none", edgecolors="black", zorder=3,
+            [epochs[best]],
+            [val[best]],
+            s=80,
+            facecolors="none",
+            edgecolors="black",
+            zorder=3,
             label=f"lowest validation loss (epoch {epochs[best]:g})",
         )
     for ax in (ax_loss, ax_acc):

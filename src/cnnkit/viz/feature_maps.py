@@ -45,7 +45,13 @@ def _prepare(model: Layer, image: Any) -> np.ndarray:
         x = x.astype(np.float32) / 255.0
     if x.ndim == 2 and len(shape) == 3 and shape[0] == 1:
         x = x[None]
-    if x.ndim == 3 and len(shape) == 3 and x.shape != shape and x.shape[-1] == shape[0] and x.shape[:2] == shape[1:]:
+    if (
+        x.ndim == 3
+        and len(shape) == 3
+        and x.shape != shape
+        and x.shape[-1] == shape[0]
+        and x.shape[:2] == shape[1:]
+    ):
         x = x.transpose(2, 0, 1)  # H x W x C -> C x H x W
     if x.ndim == len(shape):
         x = x[None]
@@ -63,7 +69,8 @@ def feature_maps(model: Layer, image: Any) -> list[tuple[str, Layer, np.ndarray]
     """Run ``image`` through ``model`` (inference mode) and return ``(name, layer, output)`` of every
     convolution, pooling layer and residual block, in order; ``output`` is ``(C, H, W)``.
 
-    Nested Sequential containers are walked into; residual blocks count as one layer.
+    Nested Sequential containers are walked into; residual blocks count as one layer. Outputs of a single
+    pixel (global average pooling) are left out: there is no map to draw.
     """
     from ..models.sequential import Sequential
 
@@ -77,7 +84,7 @@ def feature_maps(model: Layer, image: Any) -> list[tuple[str, Layer, np.ndarray]
                 x = walk(child, name + ".", x)
                 continue
             x = child(x, training=False)
-            if _is_recorded(child) and x.ndim == 4:
+            if _is_recorded(child) and x.ndim == 4 and x.shape[2] * x.shape[3] > 1:
                 found.append((name, child, np.asarray(x[0], dtype=np.float64)))
         return x
 
@@ -85,7 +92,7 @@ def feature_maps(model: Layer, image: Any) -> list[tuple[str, Layer, np.ndarray]
         walk(model, "", x)
     else:
         out = model(x, training=False)
-        if out.ndim == 4:
+        if out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
             found.append((model.name, model, np.asarray(out[0], dtype=np.float64)))
     if not found:
         raise ConfigError(f"plot_feature_maps: model {model.name!r} has no convolution or pooling layer")
@@ -111,7 +118,14 @@ def feature_maps_figure(model: Layer, image: Any, max_maps: int = 16) -> Any:
     fig = new_figure(max(width, 5.0), height)
     left = label_w / max(width, 5.0)
     grid = fig.add_gridspec(
-        len(rows) + 1, ncols, left=left, right=0.98, bottom=0.02, top=1 - 0.6 / height, wspace=0.08, hspace=0.12
+        len(rows) + 1,
+        ncols,
+        left=left,
+        right=0.98,
+        bottom=0.02,
+        top=1 - 0.8 / height,
+        wspace=0.08,
+        hspace=0.12,
     )
     # input row: colour for 3 channels, else one grey panel per channel
     c = x.shape[0]
@@ -146,9 +160,14 @@ def feature_maps_figure(model: Layer, image: Any, max_maps: int = 16) -> Any:
                     va="center",
                     fontsize=9,
                 )
+    from ..models.residual import ResidualBlock
+
+    kinds = "convolution (before ReLU) and pooling layer"
+    if any(isinstance(layer, ResidualBlock) for _, layer, _ in rows):
+        kinds = "convolution (before ReLU), pooling layer and residual block"
     fig.suptitle(
-        f"Feature maps of {model.name} for one image: outputs of each convolution (before ReLU) and pooling "
-        "layer\n(each map on its own colour scale: dark = low, yellow = high)",
+        f"Feature maps of {model.name} for one image: the output of each {kinds}\n"
+        "(each map on its own colour scale: dark = low, yellow = high)",
         fontsize=10,
     )
     return fig
@@ -159,9 +178,7 @@ def _tidy(ax: Any) -> None:
     ax.set_yticks([])
 
 
-def plot_feature_maps(
-    model: Layer, image: Any, path: str | os.PathLike[str], max_maps: int = 16
-) -> Path:
+def plot_feature_maps(model: Layer, image: Any, path: str | os.PathLike[str], max_maps: int = 16) -> Path:
     """Save a PNG of the feature maps of ``image`` after each convolution and pooling layer.
 
     Args:

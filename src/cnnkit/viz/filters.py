@@ -73,10 +73,13 @@ def filters_figure(model: Layer, layer: str | int | None = None, max_filters: in
     nrows = math.ceil(n / ncols)
     rgb = c == 3
     panel = 1.0
-    fig = new_figure(max(4.5, ncols * panel + (0.6 if rgb else 1.4)), nrows * panel + 1.3)
-    top = 1 - 1.0 / (nrows * panel + 1.3)
+    height = nrows * panel + 1.1
+    fig = new_figure(max(4.5, ncols * panel + (0.6 if rgb else 1.4)), height)
+    top = 1 - 0.8 / height
     right = 0.97 if rgb else 1 - 1.1 / (ncols * panel + 1.4)
-    grid = fig.add_gridspec(nrows, ncols, left=0.03, right=right, bottom=0.03, top=top, wspace=0.15, hspace=0.3)
+    grid = fig.add_gridspec(
+        nrows, ncols, left=0.03, right=right, bottom=0.03, top=top, wspace=0.15, hspace=0.3
+    )
     if rgb:
         images = [_normalise(weight[k].transpose(1, 2, 0)) for k in range(n)]
         vmax = None
@@ -101,7 +104,7 @@ def filters_figure(model: Layer, layer: str | int | None = None, max_filters: in
         fig.colorbar(shown, ax=axes, fraction=0.04, pad=0.02, label="weight")
     count = f"{f} filters" if n == f else f"first {n} of {f} filters"
     fig.suptitle(
-        f"{model.name}: {name} ({type(conv).__name__}), weight {f}x{c}x{kh}x{kw}\n{count}, {how}",
+        f"{model.name}, layer {name} ({type(conv).__name__}): weight {f}x{c}x{kh}x{kw}\n{count}, {how}",
         fontsize=10,
     )
     return fig

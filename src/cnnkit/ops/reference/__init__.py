@@ -2,6 +2,7 @@
 
 # --- conv (reference/conv.py) ---
 from .conv import conv2d_backward_reference, conv2d_reference, im2col_reference
+
 # --- end conv ---
 # --- pool and misc (reference/pool.py, reference/misc.py) ---
 # isort: split
