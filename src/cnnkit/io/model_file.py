@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import models as _models  # noqa: F401  (registers Sequential and the residual blocks)
 from ..errors import CnnkitError, ConfigError, FileFormatError
 from ..layers.base import Layer, from_config, layer_class, to_config
 from ..utils.random import global_rng
