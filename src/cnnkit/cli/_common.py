@@ -7,10 +7,13 @@ more than NumPy, Pillow and cnnkit's ops, layers and io.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +116,23 @@ def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"expected a positive integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
-        raise ValueError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
-positive_int.__name__ = "positive integer"
+def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a parser raising ConfigError as an argparse ``type`` (argparse then prints its message)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -702,14 +715,11 @@ def parse_threads(text: str) -> int | str:
     return positive_int(text)
 
 
-parse_threads.__name__ = "'auto' or a positive integer"
-
-
 def add_threads_argument(parser: Any) -> None:
     """``--threads auto|N``, shared by train, evaluate and bench."""
     parser.add_argument(
         "--threads",
-        type=parse_threads,
+        type=arg_type(parse_threads),
         default="auto",
         metavar="auto|N",
         help="BLAS threads; auto (default) uses the idle cores (1 when the machine is busy). "
@@ -726,25 +736,33 @@ def auto_threads(cores: int, load: float) -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
-def set_blas_threads(threads: int | str | None, cmd: str) -> int | None:
-    """Limit BLAS threads (threadpoolctl) to ``threads`` or the :func:`auto_threads` choice.
+@contextlib.contextmanager
+def blas_threads(threads: int | str | None, cmd: str) -> Iterator[int | None]:
+    """Limit BLAS threads (threadpoolctl) to ``threads`` or the :func:`auto_threads` choice for the block.
 
-    Returns the limit set, or None when nothing was changed (threadpoolctl missing, or no load average).
+    Yields the limit set, or None when nothing was changed (threadpoolctl missing, no load average).
     """
+    limit = _thread_limit(threads, cmd)
+    if limit is None:
+        yield None
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield limit
+
+
+def _thread_limit(threads: int | str | None, cmd: str) -> int | None:
     if threads is None:
         return None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    if importlib.util.find_spec("threadpoolctl") is None:
         if threads != "auto":
             warn(cmd, "--threads needs threadpoolctl (pip install threadpoolctl); using NumPy's default")
         return None
     if threads == "auto":
-        cores = os.cpu_count() or 1
         try:
             load = os.getloadavg()[0]
         except (OSError, AttributeError):  # no load average on this platform
             return None
-        threads = auto_threads(cores, load)
-    threadpool_limits(limits=int(threads), user_api="blas")
+        return auto_threads(os.cpu_count() or 1, load)
     return int(threads)

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import bench
     from ..errors import ConfigError
-    from ._common import format_table, guard_outputs, set_blas_threads, write_json
+    from ._common import blas_threads, format_table, guard_outputs, write_json
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
@@ -58,17 +58,17 @@ def run(args: argparse.Namespace) -> int:
     sizes = None
     if args.batch_size:
         sizes = {name: args.batch_size for name in (models or bench.BENCH_MODELS)}
-    set_blas_threads(args.threads, "bench")
-    env = bench.environment()
-    print(f"numpy {env['numpy']}, BLAS: {env['blas']}, {env['cpu_count']} CPUs")
-    results = bench.run_benchmarks(
-        models,
-        args.steps,
-        warmup=args.warmup,
-        batch_sizes=sizes,
-        seed=args.seed,
-        progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
-    )
+    with blas_threads(args.threads, "bench"):
+        env = bench.environment()
+        print(f"numpy {env['numpy']}, BLAS: {env['blas']}, {env['cpu_count']} CPUs")
+        results = bench.run_benchmarks(
+            models,
+            args.steps,
+            warmup=args.warmup,
+            batch_sizes=sizes,
+            seed=args.seed,
+            progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
+        )
     rows = [
         (
             r["model"],

@@ -51,18 +51,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ._common import (
         Preprocess,
+        blas_threads,
         class_names_of,
         guard_outputs,
         load_data,
         load_model_file,
-        set_blas_threads,
     )
 
     png = Path(args.confusion_png) if args.confusion_png else None
     if png is not None:
         guard_outputs([png], args.force)
     model = load_model_file(args.model)
-    set_blas_threads(args.threads, "evaluate")
     pre = Preprocess.from_model(model)
     names = class_names_of(model)
     data = load_data(
@@ -77,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     label_map = _label_map(data.class_names, names)
-    probs, labels = _predict(model, data.train, pre.normalize, args.batch_size)
+    with blas_threads(args.threads, "evaluate"):
+        probs, labels = _predict(model, data.train, pre.normalize, args.batch_size)
     report = metrics(probs, label_map[labels], names)
     report["model"] = str(args.model)
     report["data"] = data.summary()

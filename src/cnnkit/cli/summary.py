@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import parse_shape, positive_int
+from ._common import arg_type, parse_shape, positive_int
 
 DESCRIPTION = """\
 Print the model.summary() table (layers, output shapes, parameters, multiply-adds) of a zoo model or of
@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model", metavar="MODEL|FILE", help="a zoo model name (e.g. lenet5) or a .cnnkit file"
     )
     parser.add_argument(
-        "--input-shape", type=parse_shape, metavar="C,H,W", help="input shape for a zoo model, e.g. 1,28,28"
+        "--input-shape",
+        type=arg_type(parse_shape),
+        metavar="C,H,W",
+        help="input shape for a zoo model, e.g. 1,28,28",
     )
     parser.add_argument("--classes", type=positive_int, metavar="N", help="number of classes for a zoo model")
     parser.set_defaults(func=run)

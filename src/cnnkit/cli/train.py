@@ -19,6 +19,7 @@ from ._common import (
     AUGMENT_PRESETS,
     DATASET_NAMES,
     add_threads_argument,
+    arg_type,
     parse_augment,
     parse_image_size,
     positive_int,
@@ -83,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS["optimizer"],
         help="(default: %(default)s; sgd uses momentum 0.9)",
     )
-    p.add_argument("--augment", type=parse_augment, metavar="SPEC", help="data augmentation (see below)")
+    p.add_argument(
+        "--augment", type=arg_type(parse_augment), metavar="SPEC", help="data augmentation (see below)"
+    )
     p.add_argument(
         "--normalize",
         choices=("unit", "symmetric", "standardize"),
@@ -92,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image-size",
-        type=parse_image_size,
+        type=arg_type(parse_image_size),
         metavar="SIZE|H,W",
         help="resize images to this size (folders and shapes; default: the model's or 28 / 32)",
     )
@@ -132,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
-    from ._common import data_label, guard_outputs, require_model_name, set_blas_threads
+    from ._common import blas_threads, data_label, guard_outputs, require_model_name
 
     start = time.perf_counter()
     if not 0.0 <= args.validation_split < 1.0:
@@ -145,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_label(args.data)}"
     paths = {name: out / name for name in ("model.cnnkit", "metrics.json", "curves.png")}
     guard_outputs(paths.values(), args.force)
-    threads = set_blas_threads(args.threads, "train")
-    return _train(args, out, paths, start, threads)
+    with blas_threads(args.threads, "train") as threads:
+        return _train(args, out, paths, start, threads)
 
 
 def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, threads: int | None) -> int:

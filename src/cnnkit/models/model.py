@@ -17,6 +17,8 @@ class ModelMixin:
 
     #: Class names in label order, saved with the model (set by ``fit`` or by the user).
     class_names: list[str] | None = None
+    #: Free-form JSON-able metadata saved with the model (normalisation, metrics, data source).
+    metadata: dict[str, Any] | None = None
 
     def fit(self, x: Any, y: Any = None, **kwargs: Any) -> Any:
         """Train the model; see :func:`cnnkit.training.fit`. Returns a History."""
@@ -36,11 +38,14 @@ class ModelMixin:
 
         return predict(self, x, batch_size=batch_size, **kwargs)
 
-    def summary(self, print_fn: Any = print) -> str:
-        """Print and return a table of layers, output shapes, parameters and multiply-adds."""
+    def summary(self, print_fn: Any = print, **kwargs: Any) -> str:
+        """Print and return a table of layers, output shapes, parameters and multiply-adds.
+
+        Keyword arguments (``max_depth``, ``input_shape``) go to :func:`cnnkit.models.summary.summary`.
+        """
         from .summary import summary
 
-        text = summary(self)
+        text = summary(self, **kwargs)
         if print_fn is not None:
             print_fn(text)
         return text

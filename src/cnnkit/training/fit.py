@@ -759,8 +759,10 @@ def fit(
     ----------
     x, y:
         Images ``(N, C, H, W)`` as floats (uint8 pixels are refused: scale them with
-        ``x.astype(np.float32) / 255``) and integer class labels ``(N,)``; or ``x`` a DataLoader yielding
-        ``(images, labels)`` batches, with ``y`` None (then ``batch_size`` and ``shuffle`` are the loader's).
+        ``x.astype(np.float32) / 255``) and integer class labels ``(N,)``, or the pair ``(x, y)`` as ``x``;
+        or ``x`` a DataLoader yielding ``(images, labels)`` batches, with ``y`` None. A loader's own
+        ``batch_size``, ``shuffle`` and seed apply (``fit`` calls ``loader.set_epoch(e)`` before epoch
+        ``e``, so give the loader the same seed when resuming).
     epochs:
         The total number of epochs (with ``resume_from``, the epochs already done count).
     validation_data, validation_split:
