@@ -1,5 +1,25 @@
-"""cnnkit: convolutional neural networks from first principles on NumPy."""
+"""cnnkit: convolutional neural networks from first principles on NumPy.
 
+>>> import numpy as np, cnnkit
+>>> from cnnkit.layers import Conv2D, ReLU, MaxPool2D, Flatten, Dense
+>>> model = cnnkit.Sequential([Conv2D(8, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(10)],
+...                           input_shape=(3, 32, 32), seed=0)
+>>> model.predict(np.zeros((2, 3, 32, 32), np.float32)).shape
+(2, 10)
+>>> cnnkit.conv_output_size(6, 3, stride=2)  # notes §3.4: 2.5 rounds down to 2
+2
+
+The engine (:mod:`cnnkit.ops`, :mod:`cnnkit.layers`, :mod:`cnnkit.models`, :mod:`cnnkit.io`) is imported
+with the package. The training loop, optimizers, data sets, explanations and pictures are imported on
+first use (``cnnkit.optim``, ``cnnkit.datasets``, ...), so ``cnnkit predict`` starts quickly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import layers, models, ops
 from .errors import (
     CnnkitError,
     ConfigError,
@@ -10,9 +30,32 @@ from .errors import (
     ShapeError,
     TrainingError,
 )
+from .gradcheck import gradcheck
+from .io.model_file import load_model, save_model
+from .models import Sequential
+from .ops.conv import conv_output_size
 from .utils.random import set_seed
 
 __version__ = "0.1.0"
+
+#: Sub-packages imported lazily on first attribute access.
+_LAZY = {
+    "data": "cnnkit.data",
+    "datasets": "cnnkit.data.datasets",
+    "optim": "cnnkit.optim",
+    "training": "cnnkit.training",
+    "explain": "cnnkit.explain",
+    "viz": "cnnkit.viz",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'cnnkit' has no attribute {name!r}")
+
 
 __all__ = [
     "CnnkitError",
@@ -21,7 +64,16 @@ __all__ = [
     "DTypeError",
     "FileFormatError",
     "GradcheckError",
+    "Sequential",
     "ShapeError",
     "TrainingError",
+    "conv_output_size",
+    "gradcheck",
+    "layers",
+    "load_model",
+    "models",
+    "ops",
+    "save_model",
     "set_seed",
+    *_LAZY,
 ]
