@@ -146,6 +146,15 @@ def _alloc(
     return a
 
 
+def _like_layout(a: np.ndarray, channels_last: bool) -> np.ndarray:
+    """``a`` in NCHW or channels-last memory (copied only when it differs): one layout for a whole pass."""
+    if _channels_last(a) == channels_last or a.shape[1] == 1:
+        return a
+    if channels_last:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(a)
+
+
 def _pad(x: np.ndarray, padding: Pair, fill: float) -> np.ndarray:
     """``x`` with ``padding`` rows/columns of ``fill`` on each side (``x`` itself when no padding)."""
     ph, pw = padding
@@ -264,7 +273,7 @@ def _extreme_backward(dout: Any, cache: tuple, kind: str) -> np.ndarray:
         raise ConfigError(
             f"{op}_backward: cache comes from {cache_kind}_pool2d_forward, expected {op}_forward"
         )
-    dout = _check_dout(dout, out, op)
+    dout = _like_layout(_check_dout(dout, out, op), _channels_last(xp))
     kh, kw = g.kernel
     d_row = _stage_grad(row_best.shape, dout.dtype, _channels_last(row_best), g, axis=2)
     _route(
@@ -390,7 +399,7 @@ def avg_pool2d_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
         raise ShapeError(
             f"avg_pool2d_backward: dout must have the output's shape {out_shape}, got {dout.shape}"
         )
-    share = dout * (1.0 / g.window_size)
+    share = _like_layout(dout, channels_last) * (1.0 / g.window_size)
     kh, kw = g.kernel
     d_row = _stage_grad(row_shape, dout.dtype, channels_last, g, axis=2)
     row_assign = g.stride[0] == kh and g.dilation[0] == 1
