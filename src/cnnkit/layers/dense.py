@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError, ShapeError, TrainingError
 from ..ops.linear import linear_backward, linear_forward
 from .base import Layer, Shape
+from .init import uniform
 
 
 class Dense(Layer):
@@ -55,9 +56,9 @@ class Dense(Layer):
         fan_in = self.input_shape[0]
         bound = 1.0 / np.sqrt(fan_in) if fan_in else 0.0
         rng = self.rng()
-        self.params["weight"] = rng.uniform(-bound, bound, size=(self.units, fan_in)).astype(self.dtype)
+        self.params["weight"] = uniform(rng, (self.units, fan_in), bound, self.dtype)
         if self.use_bias:
-            self.params["bias"] = rng.uniform(-bound, bound, size=self.units).astype(self.dtype)
+            self.params["bias"] = uniform(rng, (self.units,), bound, self.dtype)
         self.grads = {}
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
