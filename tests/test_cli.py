@@ -105,6 +105,9 @@ def test_train_writes_metrics_json(trained: dict) -> None:
     assert metrics["timing"]["images_per_s"] > 0
     assert len(metrics["timing"]["epoch_s"]) == 2
     assert [Path(b["file"]).name for b in metrics["bad_files"]] == ["broken.png"]
+    from cnnkit.io import load_model
+
+    assert metrics["preprocess"] == load_model(trained["model"]).metadata["preprocess"]
 
 
 def test_train_reports_the_corrupt_file_and_the_accuracy(trained: dict) -> None:
@@ -142,6 +145,27 @@ def test_train_with_force_overwrites(image_root: Path, tmp_path: Path) -> None:
     assert metrics["data"]["images"]["train"] == 9
     assert metrics["final"] == {"split": "validation"}  # no held-out images: nothing to report
     assert "training accuracy" in stdout
+
+
+def test_train_without_matplotlib_skips_the_png(
+    image_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnkit.viz
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise cnnkit.viz.MissingDependencyError("cnnkit.viz needs matplotlib, which is not installed")
+
+    monkeypatch.setattr(cnnkit.viz, "plot_curves", missing)
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(
+        "train", "--data", image_root, "--image-size", "28", "--epochs", "1", "--limit", "9", "--out", out,
+        "--threads", "1",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "curves.png skipped" in stdout
+    assert not (out / "curves.png").exists()
+    assert json.loads((out / "metrics.json").read_text())["curves_png"] is None
+    assert (out / "model.cnnkit").exists()
 
 
 def test_train_strict_fails_on_the_corrupt_file(image_root: Path, tmp_path: Path) -> None:
@@ -219,6 +243,40 @@ def test_predict_table_and_bad_inputs_are_reported(trained: dict, image_root: Pa
 
     rc, _, err = run_cli("predict", trained["model"], image_root / "dots" / "broken.png")
     assert rc == 1 and "no image could be read" in err
+
+
+def test_predict_preprocessing_equals_the_data_module(image_root: Path, tmp_path: Path) -> None:
+    """The lean decode/normalise of ``cnnkit predict`` gives cnnkit.data's arrays bit for bit."""
+    from cnnkit.cli._common import PixelNormalizer, decode_image_file
+    from cnnkit.data import Normalize, decode_image
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(big)
+    palette = tmp_path / "palette.png"
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P").save(palette, transparency=0)
+    files = [*_readable_images(image_root)[:3], big, palette]
+    for size, color in (((28, 28), "grey"), ((12, 20), "rgb")):
+        ours = np.stack([decode_image_file(f, size, color) for f in files])
+        theirs = np.stack([decode_image(f, size, color) for f in files])
+        assert ours.dtype == np.uint8 and np.array_equal(ours, theirs)
+        for norm in (Normalize("unit"), Normalize("symmetric"), Normalize("standardize").fit(theirs)):
+            expected = norm(theirs)
+            got = PixelNormalizer(norm.get_config())(ours)
+            assert got.dtype == np.float32 and np.array_equal(got, expected)
+
+
+def test_predict_imports_stay_lean(trained: dict, image_root: Path) -> None:
+    code = (
+        "import sys; from cnnkit.cli import main; "
+        f"rc = main(['predict', {str(trained['model'])!r}, {str(image_root / 'bars' / '00.png')!r}]); "
+        "heavy = [m for m in ('torch', 'matplotlib', 'tqdm', 'numba', 'cnnkit.data', 'cnnkit.training') "
+        "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
 
 
 def test_predict_missing_model_file(tmp_path: Path, image_root: Path) -> None:

@@ -7,7 +7,8 @@ inference mode. Both run on fixed random inputs; each step is timed with ``time.
 ``warmup`` untimed steps and the median step time gives images per second (``batch_size / median``).
 
 ``cnnkit bench`` prints these numbers; the PyTorch comparison script in ``benchmarks/`` reuses
-:func:`time_training_step`, :func:`time_inference`, :func:`blas_info` and :func:`peak_rss_mb`.
+:func:`time_training_step`, :func:`time_inference`, :func:`blas_info`, :func:`reset_peak_rss` and
+:func:`peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -124,8 +125,23 @@ def time_inference(
     return _summarise(times, batch_size)
 
 
+def reset_peak_rss() -> bool:
+    """Reset the peak-RSS counter (Linux: ``5`` into ``/proc/self/clear_refs``); False where impossible.
+
+    After a reset, :func:`peak_rss_mb` reports the peak since then (of what is resident now and later),
+    so each model of :func:`run_benchmarks` gets its own peak instead of the process's.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (``resource.getrusage``)."""
+    """Peak resident set size of this process, in MiB (``resource.getrusage``): since the start or the
+    last :func:`reset_peak_rss`."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
@@ -184,8 +200,11 @@ def run_benchmarks(
     ``models`` defaults to :data:`BENCH_MODELS` (with its batch sizes; ``batch_sizes`` overrides them,
     and models outside the table use 64). Each dict has ``model``, ``input_shape``, ``params``,
     ``batch_size``, ``train`` and ``inference`` (the dicts of :func:`time_training_step` and
-    :func:`time_inference`), and ``peak_rss_mb`` (the process's peak so far, so it never decreases).
+    :func:`time_inference`), ``peak_rss_mb`` and ``rss_scope``: ``"model"`` when the peak counter could be
+    reset before each model (Linux), else ``"process"`` (the peak so far, which never decreases).
     """
+    import gc
+
     from .models import zoo
 
     _check_steps(steps, warmup)
@@ -200,6 +219,8 @@ def run_benchmarks(
         batch = int(sizes.get(name, 64))
         if progress is not None:
             progress(f"{name}: batch {batch}, {warmup} warm-up + {steps} timed steps")
+        gc.collect()
+        scope = "model" if reset_peak_rss() else "process"
         model = zoo.get(name, seed=seed)
         train = time_training_step(model, batch, steps, warmup=warmup, seed=seed)
         infer = time_inference(model, batch, steps, warmup=warmup, seed=seed)
@@ -212,6 +233,7 @@ def run_benchmarks(
                 "train": train,
                 "inference": infer,
                 "peak_rss_mb": peak_rss_mb(),
+                "rss_scope": scope,
             }
         )
     return results

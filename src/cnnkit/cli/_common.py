@@ -261,18 +261,81 @@ def get_zoo_model(
         ) from None
 
 
+class PixelNormalizer:
+    """Pixels -> float32 network input from a :meth:`cnnkit.data.Normalize.get_config` dict.
+
+    The same arithmetic in the same order as :class:`cnnkit.data.Normalize` (``unit``: ``x / m``;
+    ``symmetric``: ``x / (m/2) - 1``; ``standardize``: ``(x / m - mean_c) / std_c``, notes section 12 tip
+    1), so results are identical bit for bit, without importing :mod:`cnnkit.data` and everything in it:
+    ``cnnkit predict`` stays lean. The tests hold the two to each other.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.mode = str(config.get("mode", "unit"))
+        if self.mode not in ("unit", "symmetric", "standardize"):
+            raise ConfigError(f"unknown normalisation mode {self.mode!r} in the model file's metadata")
+        self.max_value = float(config.get("max_value", 255.0))
+        self.mean = [float(v) for v in config.get("mean") or []]
+        self.std = [float(v) for v in config.get("std") or []]
+        if self.mode == "standardize" and (not self.mean or len(self.mean) != len(self.std)):
+            raise ConfigError(f"standardize needs one mean and std per channel, got {config!r:.200}")
+        self._config = dict(config)
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+
+        out = x.astype(np.float32)
+        if self.mode == "unit":
+            out /= np.float32(self.max_value)
+        elif self.mode == "symmetric":
+            out /= np.float32(self.max_value / 2)
+            out -= np.float32(1.0)
+        else:
+            shape = (len(self.mean), 1, 1)
+            out /= np.float32(self.max_value)
+            out -= np.asarray(self.mean, dtype=np.float32).reshape(shape)
+            out /= np.asarray(self.std, dtype=np.float32).reshape(shape)
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+
+def decode_image_file(path: str | os.PathLike[str], size: tuple[int, int], color: str) -> Any:
+    """One image file as uint8 ``(C, H, W)``: what :func:`cnnkit.data.decode_image` does, step by step.
+
+    Pillow decodes (JPEGs at a reduced scale when much larger, ``draft``), converts to ``L`` or ``RGB``
+    (palette images with transparency through RGBA), then resizes bilinearly to ``size = (H, W)``.
+    Kept here so ``cnnkit predict`` need not import :mod:`cnnkit.data`; the tests compare the two.
+    """
+    import numpy as np
+    from PIL import Image
+
+    h, w = size
+    mode = "RGB" if color == "rgb" else "L"
+    with Image.open(path) as img:
+        img.draft(mode, (w, h))
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        img = img.convert(mode)
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr.transpose(2, 0, 1).copy() if arr.ndim == 3 else arr[None].copy()
+
+
 @dataclass
 class Preprocess:
     """How an image file becomes model input; saved by ``cnnkit train`` as metadata ``"preprocess"``.
 
     Decode with Pillow, convert to ``color`` (``"grey"``/``"rgb"``), resize bilinearly to ``image_size``
-    ``(H, W)`` (:func:`cnnkit.data.decode_image`, as training on a folder does), then ``normalize``
-    (:class:`cnnkit.data.Normalize`; notes section 12, tip 1).
+    ``(H, W)`` (as :func:`cnnkit.data.decode_image` does when training on a folder), then ``normalize``
+    (as :class:`cnnkit.data.Normalize`; notes section 12, tip 1).
     """
 
     image_size: tuple[int, int]
     color: str
-    normalize: Any
+    normalize: PixelNormalizer
 
     def to_metadata(self) -> dict[str, Any]:
         return {
@@ -284,14 +347,12 @@ class Preprocess:
     @classmethod
     def from_model(cls, model: Any) -> Preprocess:
         """From a loaded model's metadata; without it, the input shape and ``x / 255``."""
-        from ..data import Normalize
-
         meta = (getattr(model, "metadata", None) or {}).get("preprocess")
         if isinstance(meta, dict) and "image_size" in meta:
             try:
                 h, w = (int(v) for v in meta["image_size"])
                 color = str(meta.get("color", "rgb"))
-                norm = Normalize.from_config(dict(meta.get("normalize") or {"mode": "unit"}))
+                norm = PixelNormalizer(dict(meta.get("normalize") or {"mode": "unit"}))
             except (TypeError, ValueError, KeyError) as err:
                 raise ConfigError(f"the model file's preprocessing metadata is invalid: {err}") from None
             return cls((h, w), "grey" if color in ("grey", "gray", "l") else "rgb", norm)
@@ -301,14 +362,13 @@ class Preprocess:
                 f"the model takes input {shape}, not images (1 or 3 channels), and its file has no "
                 "preprocessing metadata (it was not written by `cnnkit train`)"
             )
-        return cls((int(shape[1]), int(shape[2])), "grey" if shape[0] == 1 else "rgb", Normalize("unit"))
+        unit = PixelNormalizer({"mode": "unit"})
+        return cls((int(shape[1]), int(shape[2])), "grey" if shape[0] == 1 else "rgb", unit)
 
     def load(self, path: str | os.PathLike[str]) -> Any:
         """One image file as uint8 ``(C, H, W)``; :class:`DataError` when it cannot be read."""
-        from ..data import decode_image
-
         try:
-            return decode_image(path, self.image_size, self.color)
+            return decode_image_file(path, self.image_size, self.color)
         except Exception as err:  # any Pillow failure means an unreadable file
             raise DataError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
 

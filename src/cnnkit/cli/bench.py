@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         "peak RSS MiB",
     ]
     print(format_table(headers, rows, "llrrrrrr"))
-    print("(medians over timed steps; peak RSS is the process's peak so far)")
+    scope = "each model's run" if all(r["rss_scope"] == "model" for r in results) else "the process so far"
+    print(f"(medians over timed steps; peak RSS of {scope})")
     if args.json:
         write_json(
             args.json, {"environment": env, "steps": args.steps, "warmup": args.warmup, "results": results}

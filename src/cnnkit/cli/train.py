@@ -173,22 +173,10 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
     import sys
     import time
 
-    import numpy as np
+    from ..data import Normalize
+    from ..training.fit import fit
+    from ._common import build_for_data, fit_normalize, load_data, make_optimizer, save_curves, write_json
 
-    from ..data import Augment, DataLoader, Normalize
-    from ..optim import CosineAnnealingLR
-    from ..training.callbacks import EarlyStopping, LearningRateScheduler
-    from ..training.fit import evaluate, fit
-    from ._common import (
-        build_for_data,
-        fit_normalize,
-        load_data,
-        make_optimizer,
-        save_curves,
-        write_json,
-    )
-
-    say = print
     data = load_data(
         args.data,
         model_name=args.model,
@@ -202,34 +190,17 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
             f"cnnkit train: skipped bad file {path}: {reason}", file=sys.stderr
         ),
     )
-    say(data.describe())
+    print(data.describe())
     model = build_for_data(args.model, data, seed=args.seed)
-    say(
+    print(
         f"model: {args.model}, input {'x'.join(map(str, data.input_shape))}, {model.count_params():,} parameters"
     )
-
     normalize = fit_normalize(Normalize(args.normalize), data.train, seed=args.seed)
-    augment_kwargs = dict(args.augment or {})
-    augment = None
-    if augment_kwargs:
-        augment = Augment(**_pixels(augment_kwargs, data.image_size), seed=args.seed)
-    train_loader = DataLoader(
-        data.train, args.batch_size, shuffle=True, seed=args.seed, transform=normalize, augment=augment
-    )
-    val_loader = None
-    if data.validation is not None:
-        val_loader = DataLoader(data.validation, 256, shuffle=False, transform=normalize)
-    callbacks = []
-    if args.early_stopping:
-        callbacks.append(EarlyStopping("val_loss", patience=args.early_stopping, restore_best_weights=True))
-    if args.schedule == "cosine" and args.epochs > 1:
-        callbacks.append(LearningRateScheduler(CosineAnnealingLR(args.epochs, eta_min=args.lr / 100)))
-    optimizer = make_optimizer(args.optimizer, args.lr)
-    say(
+    train_loader, val_loader, augment = _loaders(args, data, normalize)
+    print(
         f"training: {args.epochs} epochs, batch {args.batch_size}, {args.optimizer} lr {args.lr:g} "
-        f"({args.schedule}), "
-        f"normalize {args.normalize}"
-        + (f", augment {augment_kwargs}" if augment_kwargs else "")
+        f"({args.schedule}), normalize {args.normalize}"
+        + (f", augment {augment.get_config()}" if augment is not None else "")
         + (f", {threads} BLAS thread(s)" if threads else "")
     )
     load_s = time.perf_counter() - start
@@ -239,23 +210,14 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
         train_loader,
         epochs=args.epochs,
         validation_data=val_loader,
-        optimizer=optimizer,
-        callbacks=callbacks,
+        optimizer=make_optimizer(args.optimizer, args.lr),
+        callbacks=_callbacks(args),
         seed=args.seed,
         verbose=1 if args.verbose else 2,
         class_names=data.class_names,
     )
-    train_s = time.perf_counter() - t0
-
-    # Final metrics: the test split when the data set has one, else the validation split.
-    final_name, final_data = ("test", data.test) if data.test is not None else ("validation", data.validation)
-    final: dict | None = None
-    if final_data is not None:
-        loader = DataLoader(final_data, 256, shuffle=False, transform=normalize)
-        final = evaluate(model, loader)
-    epochs_run = len(history)
-    epoch_times = [float(t) for t in history.history.get("time", [])]
-    ips = [float(v) for v in history.history.get("images_per_sec", [])]
+    timing = {"load_s": load_s, "train_s": time.perf_counter() - t0}
+    final_name, final_data, final = _final_metrics(model, data, normalize)
     preprocess = {
         "image_size": list(data.image_size),
         "color": data.color,
@@ -265,7 +227,7 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
         "preprocess": preprocess,
         "data": data.summary(),
         "training": {
-            "epochs": epochs_run,
+            "epochs": len(history),
             "batch_size": args.batch_size,
             "optimizer": args.optimizer,
             "lr": args.lr,
@@ -276,59 +238,118 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
         },
         f"{final_name}_metrics": final,
     }
-    model.metadata = metadata
+    model.metadata = metadata  # as load_model would give it back
     model.save(paths["model.cnnkit"], metadata=metadata)
-    total_s = time.perf_counter() - start
-    metrics = {
+    timing["total_s"] = time.perf_counter() - start
+    png = save_curves(history, paths["curves.png"])
+    metrics = _metrics(args, model, data, history, final_name, final, timing, png)
+    write_json(paths["metrics.json"], metrics)
+    _report(history, final_name, final, final_data, metrics, paths, png)
+    return 130 if history.interrupted else 0
+
+
+def _loaders(args: argparse.Namespace, data: Any, normalize: Any) -> tuple[Any, Any, Any]:
+    """Training loader (shuffled, augmented), validation loader (or None) and the Augment (or None)."""
+    from ..data import Augment, DataLoader
+
+    augment = None
+    if args.augment:
+        augment = Augment(**_pixels(args.augment, data.image_size), seed=args.seed)
+    train = DataLoader(
+        data.train, args.batch_size, shuffle=True, seed=args.seed, transform=normalize, augment=augment
+    )
+    val = None
+    if data.validation is not None:
+        val = DataLoader(data.validation, 256, shuffle=False, transform=normalize)
+    return train, val, augment
+
+
+def _callbacks(args: argparse.Namespace) -> list:
+    """Early stopping (keeping the best weights) and the cosine learning-rate decay, as asked."""
+    from ..optim import CosineAnnealingLR
+    from ..training.callbacks import EarlyStopping, LearningRateScheduler
+
+    callbacks: list = []
+    if args.early_stopping:
+        callbacks.append(EarlyStopping("val_loss", patience=args.early_stopping, restore_best_weights=True))
+    if args.schedule == "cosine" and args.epochs > 1:
+        callbacks.append(LearningRateScheduler(CosineAnnealingLR(args.epochs, eta_min=args.lr / 100)))
+    return callbacks
+
+
+def _final_metrics(model: Any, data: Any, normalize: Any) -> tuple[str, Any, dict | None]:
+    """Loss and accuracy on the test split when the data set has one, else on the validation split."""
+    from ..data import DataLoader
+    from ..training.fit import evaluate
+
+    name, split = ("test", data.test) if data.test is not None else ("validation", data.validation)
+    if split is None:
+        return name, None, None
+    return name, split, evaluate(model, DataLoader(split, 256, shuffle=False, transform=normalize))
+
+
+def _metrics(
+    args: argparse.Namespace,
+    model: Any,
+    data: Any,
+    history: Any,
+    final_name: str,
+    final: dict | None,
+    timing: dict,
+    png: Any,
+) -> dict:
+    """The content of metrics.json."""
+    epoch_s = [float(t) for t in history.history.get("time", [])]
+    ips = [float(v) for v in history.history.get("images_per_sec", [])]
+    return {
         "model": args.model,
         "params": model.count_params(),
         "input_shape": list(data.input_shape),
         "data": data.summary(),
-        "preprocess": preprocess,
+        "preprocess": model.metadata["preprocess"],
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
         "history": history.to_dict(),
-        "epochs_run": epochs_run,
+        "epochs_run": len(history),
         "interrupted": bool(history.interrupted),
         "stopped_epoch": history.stopped_epoch,
         f"{final_name}_metrics": final,
         "final": {"split": final_name, **(final or {})},
         "timing": {
-            "total_s": total_s,
-            "load_s": load_s,
-            "train_s": train_s,
-            "epoch_s": epoch_times,
-            "mean_epoch_s": float(np.mean(epoch_times)) if epoch_times else None,
-            "images_per_s": float(np.mean(ips)) if ips else None,
+            **timing,
+            "epoch_s": epoch_s,
+            "mean_epoch_s": sum(epoch_s) / len(epoch_s) if epoch_s else None,
+            "images_per_s": sum(ips) / len(ips) if ips else None,
         },
         "bad_files": [{"file": p, "error": r} for p, r in data.bad_files()],
+        "curves_png": str(png) if png else None,
     }
-    png = save_curves(history, paths["curves.png"])
-    metrics["curves_png"] = str(png) if png else None
-    write_json(paths["metrics.json"], metrics)
 
+
+def _report(
+    history: Any, final_name: str, final: dict | None, final_data: Any, metrics: dict, paths: dict, png: Any
+) -> None:
+    """The closing lines: accuracy, time, skipped files, files written."""
     if history.interrupted:
-        say(f"interrupted after {epochs_run} epoch(s); the model so far is saved")
+        print(f"interrupted after {len(history)} epoch(s); the model so far is saved")
     elif history.stopped_epoch is not None:
-        say(f"early stopping after epoch {history.stopped_epoch + 1}; kept the best weights")
+        print(f"early stopping after epoch {history.stopped_epoch + 1}; kept the best weights")
     if final is not None:
-        say(
+        print(
             f"{final_name} accuracy: {final['accuracy']:.4f} (loss {final['loss']:.4f}, {_count(final_data)} images)"
         )
     else:
-        last = history.last()
-        say(f"training accuracy: {last.get('accuracy', float('nan')):.4f} (no test or validation split)")
-    mean_epoch = metrics["timing"]["mean_epoch_s"] or 0.0
-    say(
-        f"time: {total_s:.1f} s total, {train_s:.1f} s training ({mean_epoch:.1f} s/epoch, "
-        f"{metrics['timing']['images_per_s'] or 0:.0f} images/s)"
+        accuracy = history.last().get("accuracy", float("nan"))
+        print(f"training accuracy: {accuracy:.4f} (no test or validation split)")
+    t = metrics["timing"]
+    print(
+        f"time: {t['total_s']:.1f} s total, {t['train_s']:.1f} s training "
+        f"({t['mean_epoch_s'] or 0:.1f} s/epoch, {t['images_per_s'] or 0:.0f} images/s)"
     )
-    bad = data.bad_files()
-    if bad:
-        say(f"skipped {len(bad)} unreadable file(s) (listed in metrics.json)")
-    say(f"wrote {paths['model.cnnkit']}, {paths['metrics.json']}" + (f", {png}" if png else ""))
+    if metrics["bad_files"]:
+        print(f"skipped {len(metrics['bad_files'])} unreadable file(s) (listed in metrics.json)")
+    print(f"wrote {paths['model.cnnkit']}, {paths['metrics.json']}" + (f", {png}" if png else ""))
     if not png:
-        say("curves.png skipped: matplotlib is not installed (pip install cnnkit[viz])")
-    return 130 if history.interrupted else 0
+        print("curves.png skipped: matplotlib is not installed (pip install cnnkit[viz])")
 
 
 def _pixels(kwargs: dict, image_size: tuple[int, int]) -> dict:
