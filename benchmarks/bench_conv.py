@@ -21,6 +21,10 @@ about ``--repeats`` runs, taken in two rounds of blocks (see ``bench_layer``).
 A 1024^3 float32 GEMM is timed before and after: if it slowed down a lot the machine was busy and the
 run should be repeated (see /work/shared/PERF-NOTES.md, "Measuring here").
 
+``--keep-memory`` tells glibc's malloc (through ``mallopt``) never to hand big blocks back to the
+kernel, so the large temporaries of every step reuse pages instead of faulting in fresh zeroed ones
+(PERF-NOTES point 3). It speeds up both libraries, each differently; it applies to the whole process.
+
 This is a script, not a test; it needs ``torch`` and ``threadpoolctl`` (the ``test``/``bench``
 extras).
 """
@@ -28,6 +32,7 @@ extras).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import time
 from collections.abc import Callable
 
@@ -135,10 +140,24 @@ def bench_layer(torch, batch: int, c: int, size: int, filters: int, repeats: int
     return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to serve every allocation from its heap and never trim it (whole process)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**62))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant")
+    parser.add_argument("--keep-memory", action="store_true", help="mallopt: reuse freed pages (see above)")
     args = parser.parse_args()
+    if args.keep_memory and not keep_freed_memory():
+        print("--keep-memory: mallopt is not available here; running without it")
+        args.keep_memory = False
 
     import torch
 
@@ -146,6 +165,7 @@ def main() -> None:
     torch.set_num_threads(threads)
     print(f"numpy {np.__version__}, BLAS: {blas}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"malloc: {'keep freed memory (mallopt)' if args.keep_memory else 'glibc defaults'}")
     before = gemm_gflops()
     print(f"float32 GEMM 1024^3 before: {before:.0f} GFLOP/s")
     print()

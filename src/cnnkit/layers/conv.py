@@ -10,6 +10,7 @@ from ..errors import ConfigError, ShapeError, TrainingError
 from ..ops._args import pair
 from ..ops.conv import _is_int, _out_len, _resolve_padding, conv2d_backward, conv2d_forward
 from .base import Layer, Shape
+from .init import uniform
 
 
 class Conv2D(Layer):
@@ -109,9 +110,9 @@ class Conv2D(Layer):
         bound = 1.0 / np.sqrt(fan_in)
         rng = self.rng()
         shape = (self.filters, c // self.groups, kh, kw)
-        self.params["weight"] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+        self.params["weight"] = uniform(rng, shape, bound, self.dtype)
         if self.use_bias:
-            self.params["bias"] = rng.uniform(-bound, bound, size=self.filters).astype(self.dtype)
+            self.params["bias"] = uniform(rng, (self.filters,), bound, self.dtype)
         self.grads = {}
 
     # ----------------------------------------------------------------- running

@@ -78,6 +78,7 @@ PaddingArg = int | Sequence[int] | str
 IntOrPair = int | Sequence[int]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_NARROW_C = 8  # below this many input channels dX is computed transposed (see _input_grad)
 
 
 # ----------------------------------------------------------------------------- sizes and arguments
@@ -524,9 +525,6 @@ def conv2d_forward(
     out = out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
     cache = _ConvCache(cols, wmat, spec, f, b is not None, bool(flip_kernel), pointwise)
     return out, cache
-
-
-_NARROW_C = 8  # below this many input channels dX is computed transposed (see _input_grad)
 
 
 def _input_grad(dy: np.ndarray, cache: _ConvCache) -> np.ndarray:
