@@ -142,7 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="folders: a bad image file is an error, not skipped")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only N training images (quick tries)")
     add_threads_argument(p)
-    p.add_argument("--verbose", "-v", action="store_true", help="a progress bar per epoch")
+    p.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="a progress bar per epoch even when stderr is not a terminal (on a terminal it is the default; "
+        "otherwise one line per epoch)",
+    )
     p.set_defaults(func=run, color=None)
 
 
@@ -213,7 +219,7 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
         optimizer=make_optimizer(args.optimizer, args.lr),
         callbacks=_callbacks(args),
         seed=args.seed,
-        verbose=1 if args.verbose else 2,
+        verbose=1 if args.verbose or sys.stderr.isatty() else 2,
         class_names=data.class_names,
     )
     timing = {"load_s": load_s, "train_s": time.perf_counter() - t0}
