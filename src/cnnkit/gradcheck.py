@@ -224,6 +224,8 @@ def _check_pair(
     grads = backward_fn(weights.copy(), cache)
     if not isinstance(grads, tuple):
         grads = (grads,)
+    while len(grads) > len(args) and grads[-1] is None:
+        grads = grads[:-1]  # e.g. conv2d_backward's db when no bias was given
     if len(grads) > len(args):
         raise GradcheckError(
             f"gradcheck: {getattr(backward_fn, '__name__', 'backward_fn')} returned {len(grads)} gradients "

@@ -42,7 +42,8 @@ class Dataset:
     ``x_train``/``x_test``: uint8 ``(N, C, H, W)``; ``y_train``/``y_test``: int64 ``(N,)``;
     ``class_names[k]`` names label ``k``; ``source`` says where the data came from (a folder path,
     ``"bundled subset"``, ``"shapes(...)"``). ``ds.train`` and ``ds.test`` are ``(x, y)`` tuples, ready
-    for :class:`~cnnkit.data.loader.DataLoader` or ``model.fit``.
+    for :class:`~cnnkit.data.loader.DataLoader` (which scales uint8 to [0, 1]); ``model.fit`` takes float
+    images, so scale them first (``x.astype(np.float32) / 255``, notes §12.1) or pass a DataLoader.
     """
 
     x_train: np.ndarray
