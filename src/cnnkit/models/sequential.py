@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
+from ..layers.activations import FUSED, ReLU
 from ..layers.base import Layer, Shape, from_config, to_config
+from ..layers.pool import MaxPool2D
 from .model import ModelMixin
 
 
@@ -60,6 +62,27 @@ class Sequential(ModelMixin, Layer):
     def children(self) -> dict[str, Layer]:
         return self.layers
 
+    #: Whether :meth:`backward` must return dL/dx. A training loop that ignores the model's input
+    #: gradient sets it False (``fit`` does); the first child then skips computing it when it can
+    #: (a ``Conv2D`` with ``needs_input_grad``; its backward returns None). True by default, because a
+    #: nested Sequential (a residual ``downsample``, AlexNet's ``features``) and gradcheck need dx.
+    _needs_input_grad: bool = True
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self._needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value: bool) -> None:
+        self._needs_input_grad = bool(value)
+        self._wire_input_grad()
+
+    def _wire_input_grad(self) -> None:
+        if self.layers:
+            first = next(iter(self.layers.values()))
+            if hasattr(first, "needs_input_grad"):
+                first.needs_input_grad = self._needs_input_grad
+
     def __getitem__(self, key: int | str) -> Layer:
         if isinstance(key, int):
             return list(self.layers.values())[key]
@@ -90,10 +113,26 @@ class Sequential(ModelMixin, Layer):
             shape = child.output_shape
         self.output_shape = shape
         self.built = True
+        self._wire_input_grad()
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        for child in self.layers.values():
+        """Run the children in order; a ReLU followed by a MaxPool2D runs fused (same result, less work).
+
+        ``max_pool(relu(x)) == relu(max_pool(x))`` because ReLU is monotone, so the pair computes the ReLU
+        on the pooled output and its mask on the pooled gradient (:meth:`MaxPool2D.forward_after_relu`);
+        the ReLU layer's backward then passes the gradient through.
+        """
+        children = list(self.layers.values())
+        i, count = 0, len(children)
+        while i < count:
+            child = children[i]
+            if i + 1 < count and type(child) is ReLU and type(children[i + 1]) is MaxPool2D:
+                child._cache = FUSED
+                x = children[i + 1].forward_after_relu(x, training)
+                i += 2
+                continue
             x = child.forward(x, training)
+            i += 1
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:

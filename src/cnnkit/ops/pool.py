@@ -20,6 +20,15 @@ every input position once, with no zero fill or scatter-add. Other cases read st
 (padded) input, one per kernel offset: a Python loop over the ``kh * kw`` offsets, never over pixels.
 
 A NaN in a window propagates to the max/min output as in PyTorch; its gradient is not routed.
+
+Compiled fast path: when Numba is available (:mod:`cnnkit.ops._jit`), 2x2 stride-2 max pooling of
+channels-last float arrays with many channels (where it was measured to pay) runs as single-pass kernels
+(:mod:`cnnkit.ops._pool_kernels`) that give the same values and route gradients to the same positions as
+the NumPy code above, which stays the reference and the fallback. The kernel keeps the window index of
+each maximum (int8) instead of the input, so the backward is one pass and the cache holds no full-size
+array. :func:`relu_max_pool2d_forward` fuses a preceding ReLU:
+``max_pool(relu(x)) == relu(max_pool(x))`` because ReLU is monotone, so the ReLU runs on the 4x smaller
+pooled output and its mask on the pooled gradient.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
+from . import _jit
 from ._args import Pair, check_array, pair
 
 IntOrPair = int | Sequence[int]
@@ -41,6 +51,8 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_forward",
     "max_pool2d_backward",
+    "relu_max_pool2d_forward",
+    "relu_max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_forward",
     "avg_pool2d_backward",
@@ -244,6 +256,111 @@ def _route(
             target += dout if hit is None else dout * hit
 
 
+# ----------------------------------------------------------------------------- compiled fast path
+@dataclass(frozen=True)
+class _FastCache:
+    """What the compiled max-pooling backward needs: the output, argmax tap indices and the geometry."""
+
+    kind: str
+    x_shape: tuple[int, ...]
+    out: np.ndarray
+    arg: np.ndarray
+    g: PoolGeometry
+    relu: bool = False
+
+
+def _pool_kernels() -> Any:
+    from . import _pool_kernels
+
+    return _pool_kernels
+
+
+def _fast_kernel(x: np.ndarray, g: PoolGeometry) -> Any:
+    """The compiled 2x2 forward kernel when it applies and pays (see :mod:`._pool_kernels`), else None."""
+    if not (
+        g.kernel == (2, 2)
+        and g.stride == (2, 2)
+        and g.padding == (0, 0)
+        and g.dilation == (1, 1)
+        and x.dtype in (np.float32, np.float64)
+        and x.shape[1] >= _pool_kernels().MIN_CHANNELS
+        and x.size >= _pool_kernels().MIN_ELEMENTS
+        and _channels_last(x)
+        and _jit.numba_available()
+    ):
+        return None
+    return _pool_kernels().max_pool_2x2_forward_kernel()
+
+
+def _max_fast_forward(x: np.ndarray, g: PoolGeometry, relu: bool, kernel: Any) -> tuple[np.ndarray, Any]:
+    n, c = x.shape[:2]
+    out = _alloc((n, c, *g.out_size), x.dtype, True)
+    arg = np.empty((n, *g.out_size, c), dtype=np.int8)
+    kernel(x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
+    return out, _FastCache("max", x.shape, out, arg, g, relu)
+
+
+def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
+    oh, ow = cache.g.out_size
+    dx = _alloc(cache.x_shape, dout.dtype, True)
+    dx[:, :, 2 * oh :, :] = 0  # the row and column the floor rule leaves out (odd sizes)
+    dx[:, :, :, 2 * ow :] = 0
+    kernel = _pool_kernels().max_pool_2x2_backward_kernel() if _jit.numba_available() else None
+    if kernel is not None:
+        kernel(
+            dout.transpose(0, 2, 3, 1),
+            cache.out.transpose(0, 2, 3, 1),
+            cache.arg,
+            dx.transpose(0, 2, 3, 1),
+            cache.relu,
+        )
+        return dx
+    # Numba switched off between forward and backward (tests do this): the same routing in NumPy
+    if cache.relu:
+        dout = dout * (cache.out > 0)
+    d = dout.transpose(0, 2, 3, 1)
+    dxv = dx.transpose(0, 2, 3, 1)
+    for t in range(4):
+        i, j = divmod(t, 2)
+        dxv[:, i : 2 * oh : 2, j : 2 * ow : 2] = d * (cache.arg == t)
+    return dx
+
+
+def relu_max_pool2d_forward(
+    x: np.ndarray,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> tuple[np.ndarray, Any]:
+    """ReLU followed by max pooling, fused: ``max_pool2d(relu(x)) == relu(max_pool2d(x))``.
+
+    ReLU is monotone, so it commutes with the window maximum (notes §6.1, §4.2.1): the ReLU runs on the
+    pooled output only. Backward (:func:`relu_max_pool2d_backward`) masks the pooled gradient with
+    ``out > 0`` and routes it to the window's first maximum, which is the position the unfused pair
+    routes to: where the maximum is positive it is the same tap; where it is not, both give 0.
+    Returns ``(out, cache)``.
+    """
+    op = "max_pool2d"
+    x = check_array(x, op, ndim=4)
+    g = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, op=op, empty_windows_ok=False)
+    kernel = _fast_kernel(x, g)
+    if kernel is not None:
+        return _max_fast_forward(x, g, True, kernel)
+    pooled, inner = max_pool2d_forward(x, kernel_size, stride, padding, dilation)
+    np.maximum(pooled, 0, out=pooled)
+    return pooled, ("relu_max", inner, pooled)
+
+
+def relu_max_pool2d_backward(dout: np.ndarray, cache: Any) -> np.ndarray:
+    """dL/dx of :func:`relu_max_pool2d_forward`: ``max_pool2d_backward(dout * [out > 0])``."""
+    if isinstance(cache, _FastCache):
+        return max_pool2d_backward(dout, cache)
+    _, inner, pooled = cache
+    dout = _check_dout(dout, pooled, "max_pool2d")
+    return max_pool2d_backward(dout * (pooled > 0), inner)
+
+
 # ----------------------------------------------------------------------------- max and min
 _EXTREME = {"max": (np.maximum, -np.inf), "min": (np.minimum, np.inf)}
 
@@ -259,6 +376,10 @@ def _extreme_forward(
     op = f"{kind}_pool2d"
     x = check_array(x, op, ndim=4)
     g = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, op=op, empty_windows_ok=False)
+    if kind == "max":
+        kernel = _fast_kernel(x, g)
+        if kernel is not None:
+            return _max_fast_forward(x, g, False, kernel)
     ufunc, fill = _EXTREME[kind]
     xp = _pad(x, g.padding, fill)
     row_best = _reduce([_cols(xp, g, j) for j in range(g.kernel[1])], ufunc)  # (N, C, Hp, OW)
@@ -266,13 +387,16 @@ def _extreme_forward(
     return out, (xp, row_best, out, g, kind)
 
 
-def _extreme_backward(dout: Any, cache: tuple, kind: str) -> np.ndarray:
-    xp, row_best, out, g, cache_kind = cache
+def _extreme_backward(dout: Any, cache: Any, kind: str) -> np.ndarray:
     op = f"{kind}_pool2d"
+    cache_kind = cache.kind if isinstance(cache, _FastCache) else cache[-1]
     if cache_kind != kind:
         raise ConfigError(
             f"{op}_backward: cache comes from {cache_kind}_pool2d_forward, expected {op}_forward"
         )
+    if isinstance(cache, _FastCache):
+        return _max_fast_backward(_check_dout(dout, cache.out, op), cache)
+    xp, row_best, out, g, cache_kind = cache
     dout = _like_layout(_check_dout(dout, out, op), _channels_last(xp))
     kh, kw = g.kernel
     d_row = _stage_grad(row_best.shape, dout.dtype, _channels_last(row_best), g, axis=2)
