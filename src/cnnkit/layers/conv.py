@@ -78,6 +78,10 @@ class Conv2D(Layer):
         self._pad4 = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation, op)
         self.padding = padding if isinstance(padding, str) else _jsonable_padding(padding)
         self.use_bias = bool(use_bias)
+        #: Whether :meth:`backward` computes the gradient of the input. A model sets it False on its
+        #: first layer (the input is the data: nobody reads ``dx``), which saves a third of that
+        #: layer's backward pass; ``backward`` then returns None. Not part of the config.
+        self.needs_input_grad = True
 
     # ----------------------------------------------------------------- building
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -128,10 +132,11 @@ class Conv2D(Layer):
         )
         return out
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """Store ``dw``/``db`` in :attr:`grads`; return ``dx``, or None when ``needs_input_grad`` is False."""
         if self._cache is None:
             raise TrainingError(f"{self.name}: backward called before forward")
-        dx, dw, db = conv2d_backward(dy, self._cache)
+        dx, dw, db = conv2d_backward(dy, self._cache, need_dx=self.needs_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db

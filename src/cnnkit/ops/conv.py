@@ -51,6 +51,14 @@ Backward (notes §7.2, §11.2), with ``dY = dL/dout`` as an ``(N*OH*OW, F)`` mat
   comes out of the weight-gradient GEMM as its last column.
 
 With ``flip_kernel=True`` the same formulas hold for the flipped kernel and ``dw`` is flipped back.
+
+Speed (one group): the im2col matrix is never stored whole. The forward pass unfolds a chunk of
+whole images (about ``_CHUNK_BYTES``) into a small buffer that stays in cache and multiplies it at
+once; the cache keeps the padded input, and the backward pass unfolds each chunk again for
+``dw`` and, when Numba is available, scatters that chunk's ``dY @ W`` into ``dx`` with a compiled
+kernel (:mod:`cnnkit.ops._conv_kernels`) in the same pass. The forward pass is NumPy only, so
+inference never imports Numba. Every array returned (``out``, ``dx``, ``dw``, ``db``) is freshly
+allocated: results kept from earlier calls are never overwritten; only the chunk buffers are internal.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError, DTypeError, ShapeError
 from ._args import Padding4, Pair, check_array, pair
+from ._conv_kernels import col2im_rows_kernel
 
 __all__ = [
     "conv_output_size",
@@ -79,6 +88,8 @@ IntOrPair = int | Sequence[int]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _NARROW_C = 8  # below this many input channels dX is computed transposed (see _input_grad)
+_DX_CHUNK_BYTES = 1 << 20  # dY @ W is computed and scattered this many bytes at a time (compiled path)
+_CHUNK_BYTES = 1 << 22  # streamed path: columns unfolded and multiplied this many bytes at a time
 
 
 # ----------------------------------------------------------------------------- sizes and arguments
@@ -405,13 +416,19 @@ def col2im(
 class _ConvCache(NamedTuple):
     """What :func:`conv2d_backward` needs: the unfolded input and the weight as GEMM operands."""
 
-    cols: np.ndarray  # (M, G, Kg [+ 1]): taps in (kh, kw, c) order, then a ones column for the bias
+    cols: np.ndarray | None  # (M, G, Kg [+ 1]): taps in (kh, kw, c) order, then a ones column (bias);
+    # None on the streamed path, which keeps the padded input ``xp`` instead and unfolds it again
     wmat: np.ndarray  # (G, Kg [+ 1], Fg): the weight (and bias row) as the GEMM's right operand
     spec: _Spec
     filters: int
     has_bias: bool
     flip_kernel: bool
     pointwise: bool  # the 1x1 fast path: no im2col, no col2im, bias added after the GEMM
+    xp: np.ndarray | None = None  # streamed path: the zero-padded input, channels-last memory
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.wmat.dtype
 
     @property
     def bias_folded(self) -> bool:
@@ -458,6 +475,96 @@ def _unfold(xp: np.ndarray, spec: _Spec, ones_column: bool) -> np.ndarray:
     np.copyto(target, windows)
     cols[:, :, k] = 1
     return cols
+
+
+def _unfold_into(cols: np.ndarray, windows: np.ndarray) -> None:
+    """Copy ``windows`` (nb, OH, OW, 1, KH, KW, C) into the first ``K`` columns of ``cols`` (rows, K [+ 1])."""
+    nb, oh, ow, _, kh, kw, c = windows.shape
+    row = cols.shape[1]
+    item = cols.itemsize
+    target = as_strided(
+        cols,
+        shape=windows.shape,
+        strides=tuple(item * s for s in (oh * ow * row, ow * row, row, row, kw * c, c, 1)),
+    )
+    np.copyto(target, windows)
+
+
+def _chunk_images(spec: _Spec, width: int, itemsize: int) -> int:
+    """Whole images per chunk so that a chunk's ``(rows, width)`` columns take about ``_CHUNK_BYTES``."""
+    per_image = spec.out_hw[0] * spec.out_hw[1] * width * itemsize
+    return max(1, min(spec.x_shape[0], _CHUNK_BYTES // max(1, per_image)))
+
+
+def _streamed_forward(xp: np.ndarray, wmat: np.ndarray, spec: _Spec, bias: bool) -> np.ndarray:
+    """``[im2col(x), 1] @ [[W], [b]]`` a chunk of images at a time, through one small columns buffer.
+
+    The full im2col matrix (``KH*KW`` times the input, 150 MB for notes §9's second layer) is never
+    written: each chunk is unfolded into a buffer that stays in cache and multiplied at once. Returns
+    the output as an ``(M, F)`` matrix (NHWC rows).
+    """
+    n = spec.x_shape[0]
+    (oh, ow), (kh, kw) = spec.out_hw, spec.kernel
+    k = kh * kw * spec.x_shape[1]
+    width = k + bias
+    per_image = oh * ow
+    images = _chunk_images(spec, width, xp.itemsize)
+    windows = _windows(xp, spec, "grouped")
+    cols = np.empty((images * per_image, width), dtype=xp.dtype)
+    if bias:
+        cols[:, k] = 1
+    out = np.empty((n * per_image, wmat.shape[2]), dtype=xp.dtype)
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        chunk = cols[: nb * per_image]
+        _unfold_into(chunk, windows[n0 : n0 + nb])
+        np.matmul(chunk, wmat[0], out=out[n0 * per_image : (n0 + nb) * per_image])
+    return out
+
+
+def _streamed_backward(dy: np.ndarray, cache: _ConvCache, kernel) -> tuple[np.ndarray, np.ndarray | None]:
+    """Weight gradient ``dY^T @ [im2col(x), 1]`` (and, with ``kernel``, dX) a chunk of images at a time.
+
+    Each chunk of columns is unfolded again from the cached padded input (cheaper than storing
+    them: the input is ``KH*KW`` times smaller) and used while in cache. With the compiled
+    ``kernel``, the chunk's ``dY @ W`` is scattered to dX in the same pass. Returns
+    ``(dwmat (F, K [+ 1]), dx or None)``.
+    """
+    spec = cache.spec
+    n, c, h, w = spec.x_shape
+    (oh, ow), (kh, kw) = spec.out_hw, spec.kernel
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    hp, wp = spec.padded_hw
+    t, _, l, _ = spec.pad
+    k = kh * kw * c
+    width = k + cache.bias_folded
+    per_image = oh * ow
+    f = dy.shape[1]
+    images = _chunk_images(spec, width, dy.itemsize)
+    windows = _windows(cache.xp, spec, "grouped")
+    cols = np.empty((images * per_image, width), dtype=dy.dtype)
+    if cache.bias_folded:
+        cols[:, k] = 1
+    dwmat = np.zeros((f, width), dtype=dy.dtype)
+    part = np.empty_like(dwmat)
+    if kernel is not None:
+        dcols = np.empty((images * per_image, k), dtype=dy.dtype)
+        dxp = np.zeros((n, hp, wp * c), dtype=dy.dtype)
+        w_fk = cache.wmat[0, :k].T  # (F, K), rows of a C-ordered array
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        rows = slice(n0 * per_image, (n0 + nb) * per_image)
+        chunk = cols[: nb * per_image]
+        _unfold_into(chunk, windows[n0 : n0 + nb])
+        np.matmul(dy[rows].T, chunk, out=part)
+        dwmat += part
+        if kernel is not None:
+            dchunk = dcols[: nb * per_image]
+            np.matmul(dy[rows], w_fk, out=dchunk)
+            kernel(dchunk, dxp, n0, oh, ow, kh, kw, sh, sw, dh, dw, 1)
+    if kernel is None:
+        return dwmat, None
+    return dwmat, dxp.reshape(n, hp, wp, c)[:, t : t + h, l : l + w].transpose(0, 3, 1, 2)
 
 
 def _grouped_matmul(a: np.ndarray, bmat: np.ndarray) -> np.ndarray:
@@ -515,6 +622,12 @@ def conv2d_forward(
         # no copy at all when x already has channels-last memory.
         cols = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * oh * ow, 1, x.shape[1])
         wmat = _weight_matrix(w, g, None)
+    elif g == 1:
+        # streamed: im2col and GEMM a chunk of images at a time (the bias rides in as a ones column)
+        xp = _pad_channels_last(x, spec.pad)
+        wmat = _weight_matrix(w, g, b)
+        out = _streamed_forward(xp, wmat, spec, b is not None).reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
+        return out, _ConvCache(None, wmat, spec, f, b is not None, bool(flip_kernel), False, xp)
     else:
         # the bias rides in the GEMM as a ones column: no separate pass over the output
         cols = _unfold(_pad_channels_last(x, spec.pad), spec, ones_column=b is not None)
@@ -564,7 +677,44 @@ def _input_grad(dy: np.ndarray, cache: _ConvCache) -> np.ndarray:
     return _col2im_taps(taps, spec)
 
 
-def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _input_grad_compiled(dy: np.ndarray, cache: _ConvCache, kernel) -> np.ndarray:
+    """``col2im(dY @ W)`` with the compiled scatter kernel, a chunk of whole images at a time.
+
+    The product ``dY @ W`` for a chunk of about :data:`_DX_CHUNK_BYTES` is computed into one reused
+    buffer and scattered into the padded NHWC gradient at once, while it is still in cache: the full
+    ``(M, KH*KW*C)`` matrix (75 MB for the notes' second layer at batch 256) is never materialised.
+    """
+    spec = cache.spec
+    n, c, h, w = spec.x_shape
+    (oh, ow), (kh, kw), g = spec.out_hw, spec.kernel, spec.groups
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    hp, wp = spec.padded_hw
+    t, _, l, _ = spec.pad
+    m, f = dy.shape
+    kg = kh * kw * (c // g)
+    wmat = cache.wmat[:, :kg]  # (G, Kg, Fg), a transposed view
+    per_image = oh * ow
+    images = max(1, min(n, _DX_CHUNK_BYTES // max(1, per_image * g * kg * dy.itemsize)))
+    buf = np.empty((images * per_image, g * kg), dtype=dy.dtype)
+    dxp = np.zeros((n, hp, wp * c), dtype=dy.dtype)
+    w_fk = wmat[0].T if g == 1 else None  # (F, K) C-ordered rows (stride K [+ 1])
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        rows = slice(n0 * per_image, (n0 + nb) * per_image)
+        chunk = buf[: nb * per_image]
+        if g == 1:
+            np.matmul(dy[rows], w_fk, out=chunk)
+        else:
+            fg = f // g
+            out3 = chunk.reshape(nb * per_image, g, kg).transpose(1, 0, 2)
+            np.matmul(dy[rows].reshape(-1, g, fg).transpose(1, 0, 2), wmat.transpose(0, 2, 1), out=out3)
+        kernel(chunk, dxp, n0, oh, ow, kh, kw, sh, sw, dh, dw, g)
+    return dxp.reshape(n, hp, wp, c)[:, t : t + h, l : l + w].transpose(0, 3, 1, 2)
+
+
+def conv2d_backward(
+    dout: np.ndarray, cache: _ConvCache, need_dx: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)`` for ``dout = dL/dout``.
 
     ``dx`` has ``x``'s shape, ``dw`` ``w``'s, ``db`` is ``(F,)`` or None when the forward pass had
@@ -572,6 +722,12 @@ def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np
     ``dx = col2im(dY @ W)`` (a full convolution of ``dout`` with the kernel), ``db = dY^T @ ones``
     (the sum of ``dout`` over N, H, W); see the module docstring. ``dout`` may have any memory
     layout and is cast to the forward pass's dtype. ``dx`` has channels-last memory.
+
+    With ``need_dx=False`` the input gradient (a third of the work) is skipped and ``dx`` is None:
+    for a network's first layer, whose input is the data.
+
+    Numba, when available (see :mod:`cnnkit.ops._jit`), scatters ``dX`` with a compiled kernel in
+    the same chunked pass that computes ``dw``; otherwise NumPy computes the same sums.
     """
     op = "conv2d_backward"
     if not isinstance(cache, _ConvCache):
@@ -584,7 +740,7 @@ def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np
         raise ShapeError(
             f"{op}: dout must have the output's shape (N, F, OH, OW) = {(n, f, oh, ow)}, got {dout.shape}"
         )
-    dtype = cache.cols.dtype
+    dtype = cache.dtype
     dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(n * oh * ow, f)
 
     m, kh, kw = n * oh * ow, *spec.kernel
@@ -593,7 +749,13 @@ def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np
 
     # dw[g] = dY[:, g]^T @ X[:, g] -> (G, Fg, Kg [+ 1]); with the folded bias the last column is
     # dY^T @ ones = db
-    dwmat = np.matmul(dy.reshape(m, g, f // g).transpose(1, 2, 0), cache.cols.transpose(1, 0, 2))
+    kernel = None if cache.pointwise or not need_dx else col2im_rows_kernel()
+    dx = None
+    if cache.cols is None:  # streamed (one group): dw, and dx with the compiled kernel, in one pass
+        dwmat, dx = _streamed_backward(dy, cache, kernel)
+        dwmat = dwmat[None]
+    else:
+        dwmat = np.matmul(dy.reshape(m, g, f // g).transpose(1, 2, 0), cache.cols.transpose(1, 0, 2))
     if cache.bias_folded:
         db = dwmat[:, :, k].reshape(f)
     elif cache.has_bias:
@@ -606,7 +768,8 @@ def conv2d_backward(dout: np.ndarray, cache: _ConvCache) -> tuple[np.ndarray, np
     dw = np.ascontiguousarray(dw)
 
     # dX = col2im(dY @ W): each tap's (M, C) slab, scattered back to the pixels it was read from
-    dx = _input_grad(dy, cache)
+    if dx is None and need_dx:
+        dx = _input_grad(dy, cache) if kernel is None else _input_grad_compiled(dy, cache, kernel)
     return dx, dw, db
 
 
