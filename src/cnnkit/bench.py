@@ -71,7 +71,14 @@ def training_step(model: Any, x: np.ndarray, labels: np.ndarray, lr: float = 0.0
 
     logits = model.forward(x, True)
     loss, cache = cross_entropy_forward(logits, labels)
-    model.backward(cross_entropy_backward(1.0, cache))
+    previous = getattr(model, "needs_input_grad", None)
+    if previous is not None:
+        model.needs_input_grad = False  # as fit does: nothing reads dL/d(images)
+    try:
+        model.backward(cross_entropy_backward(1.0, cache))
+    finally:
+        if previous is not None:
+            model.needs_input_grad = previous
     for _, owner, key in model.named_parameters():
         if owner.trainable:
             param = owner.params[key]
@@ -87,7 +94,10 @@ def time_training_step(
     Returns ``{"batch_size", "steps", "median_s", "min_s", "images_per_s", "times_s", "loss"}``; the model
     is trained in place (use a fresh model per measurement if the weights matter).
     """
+    from .utils.memory import keep_freed_memory
+
     _check_steps(steps, warmup)
+    keep_freed_memory()  # as fit does
     x, labels = _inputs(model, batch_size, seed)
     model.train()
     times, loss = [], float("nan")

@@ -48,26 +48,25 @@ def _check_real(value: Any, name: str, low: float, high: float, low_open: bool =
     return float(value)
 
 
-def _rows(a: np.ndarray) -> np.ndarray | None:
-    """A ``(M, C)`` C-contiguous view of ``a`` when its memory allows one (no copy), else None.
+def _rows(a: np.ndarray) -> np.ndarray:
+    """``a`` as ``(M, C)`` C-contiguous rows: a view when its memory allows, else one copy.
 
-    ``(N, C)`` C-ordered, or ``(N, C, H, W)`` with channels-last memory (``a.transpose(0, 2, 3, 1)``
-    C-contiguous: what the convolutions return).
+    ``(N, C)`` C-ordered and ``(N, C, H, W)`` with channels-last memory (``a.transpose(0, 2, 3, 1)``
+    C-contiguous: what the convolutions return) are viewed; any other layout is copied to channels-last.
     """
-    if a.ndim == 2:
-        return a if a.flags.c_contiguous else None
-    t = a.transpose(0, 2, 3, 1)
-    return t.reshape(-1, a.shape[1]) if t.flags.c_contiguous else None
+    t = a if a.ndim == 2 else a.transpose(0, 2, 3, 1)
+    rows = a.shape[0] * (1 if a.ndim == 2 else a.shape[2] * a.shape[3])
+    return np.ascontiguousarray(t).reshape(rows, a.shape[1])
 
 
-def _empty_like_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(out, out_rows)``: an uninitialised array of ``x``'s shape in channels-last memory, and its rows."""
-    if x.ndim == 2:
-        out = np.empty(x.shape, dtype=x.dtype)
+def _alloc(shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(out, out_rows)``: an uninitialised array of ``shape`` in channels-last memory, and its rows."""
+    if len(shape) == 2:
+        out = np.empty(shape, dtype=dtype)
         return out, out
-    n, c, h, w = x.shape
-    buf = np.empty((n, h, w, c), dtype=x.dtype)
-    return buf.transpose(0, 3, 1, 2), buf.reshape(-1, c)
+    n, c, h, w = shape
+    buf = np.empty((n, h, w, c), dtype=dtype)
+    return buf.transpose(0, 3, 1, 2), buf.reshape(n * h * w, c)
 
 
 @lazy_kernel
@@ -178,27 +177,19 @@ def _colsum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     return total
 
 
-def _batch_stats(x: np.ndarray, rows: np.ndarray | None, axes: tuple[int, ...], m: int):
-    """Per-channel mean and biased variance of ``x`` (float64 ``(C,)`` arrays)."""
-    kernel = _stats_kernel() if rows is not None else None
+def _batch_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of ``(M, C)`` rows, float64 ``(C,)`` arrays."""
+    m = rows.shape[0]
+    kernel = _stats_kernel()
     if kernel is not None:
         acc = np.empty((3, rows.shape[1]), np.float64)
         kernel(rows, acc)
         shifted_mean = acc[0] / m
         var = np.maximum(acc[1] / m - shifted_mean * shifted_mean, 0.0)
         return acc[2] + shifted_mean, var
-    if rows is not None:
-        mean = _colsum(rows) / m
-        xc = rows - mean.astype(x.dtype)
-        return mean, _colsum(xc, xc) / m
-    mean = x.sum(axis=axes, dtype=np.float64) / m
-    xc = x - mean.astype(x.dtype).reshape(_bshape(x))
-    var = (xc * xc).sum(axis=axes, dtype=np.float64) / m
-    return mean, var
-
-
-def _bshape(x: np.ndarray) -> tuple[int, ...]:
-    return (1, x.shape[1]) if x.ndim == 2 else (1, x.shape[1], 1, 1)
+    mean = _colsum(rows) / m
+    xc = rows - mean.astype(rows.dtype)
+    return mean, _colsum(xc, xc) / m
 
 
 def batch_norm_forward(
@@ -218,9 +209,11 @@ def batch_norm_forward(
     tracked); required for inference. All arrays share ``x``'s dtype.
 
     Computed as PyTorch does on the CPU: per channel ``a = gamma / sqrt(sigma^2 + eps)`` and
-    ``b = beta - mu a``, then ``y = x a + b`` in one pass. The statistics are accumulated in float64.
-    A channels-last ``x`` (the convolutions' output) is reduced as a ``(N*H*W, C)`` view without a
-    copy, and ``y`` keeps channels-last memory; a C-ordered ``x`` gives a C-ordered ``y``.
+    ``b = beta - mu a``, then ``y = x a + b`` in one pass; the statistics are accumulated in float64.
+    The work is done on ``(N*H*W, C)`` rows: a view of a channels-last ``x`` (what the convolutions
+    return), else a channels-last copy, so both layouts give the same values bit for bit. ``y`` (and
+    the backward's ``dx``) of an image batch has channels-last memory, which the next convolution reads
+    without a copy.
     """
     x = check_array(x, _OP)
     if x.ndim not in (2, 4):
@@ -234,16 +227,16 @@ def batch_norm_forward(
     running_var = _check_vector(running_var, "running_var", c, x.dtype)
     momentum = _check_real(momentum, "momentum", 0.0, 1.0)
     eps = _check_real(eps, "eps", 0.0, 1.0, low_open=True)
-    axes = (0,) if x.ndim == 2 else (0, 2, 3)
     m = x.size // c if c else 0
-    rows = _rows(x) if m and c else None
-
+    if training and m <= 1:
+        raise ShapeError(
+            f"{_OP}: training needs more than 1 value per channel (N * H * W > 1), got input shape {x.shape}"
+        )
+    if not training and (running_mean is None or running_var is None):
+        raise ConfigError(f"{_OP}: inference (training=False) needs running_mean and running_var, got None")
+    rows = _rows(x)
     if training:
-        if m <= 1:
-            raise ShapeError(
-                f"{_OP}: training needs more than 1 value per channel (N * H * W > 1), got input shape {x.shape}"
-            )
-        mean64, var64 = _batch_stats(x, rows, axes, m)
+        mean64, var64 = _batch_stats(rows)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
             running_mean += (momentum * mean64).astype(x.dtype)
@@ -253,33 +246,18 @@ def batch_norm_forward(
         mean = mean64.astype(x.dtype)
         inv_std = (1.0 / np.sqrt(var64 + eps)).astype(x.dtype)
     else:
-        if running_mean is None or running_var is None:
-            raise ConfigError(
-                f"{_OP}: inference (training=False) needs running_mean and running_var, got None"
-            )
         mean = running_mean.copy()
         inv_std = (1.0 / np.sqrt(running_var + x.dtype.type(eps))).astype(x.dtype, copy=False)
     a = inv_std if gamma is None else gamma * inv_std
     b = -mean * a if beta is None else beta - mean * a
-    y = _affine(x, rows, a, b)
-    return y, (x, mean, inv_std, gamma, beta is not None, training, axes)
-
-
-def _affine(x: np.ndarray, rows: np.ndarray | None, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x * a + b`` per channel, in ``x``'s memory layout (channels-last stays channels-last)."""
-    if rows is not None:
-        out, out_rows = _empty_like_rows(x)
-        kernel = _affine_kernel()
-        if kernel is not None:
-            kernel(rows, a, b, out_rows)
-        else:
-            np.multiply(rows, a, out=out_rows)
-            out_rows += b
-        return out
-    shape = _bshape(x)
-    out = x * a.reshape(shape)
-    out += b.reshape(shape)
-    return out
+    out, out_rows = _alloc(x.shape, x.dtype)
+    kernel = _affine_kernel()
+    if kernel is not None:
+        kernel(rows, a, b, out_rows)
+    else:
+        np.multiply(rows, a, out=out_rows)
+        out_rows += b
+    return out, (rows, x.shape, mean, inv_std, gamma, beta is not None, training)
 
 
 def batch_norm_backward(
@@ -294,80 +272,47 @@ def batch_norm_backward(
 
     Inference (fixed running statistics): ``dx = dy * gamma / sqrt(running_var + eps)``.
 
-    Two reductions (accumulated in float64) and one elementwise pass
-    ``dx = dy p + (x - mu) q + r`` with per-channel ``p``, ``q``, ``r``; ``dx`` has ``x``'s layout.
+    Computed with two reductions (``sum dy`` and ``sum dy (x - mu)``, float64) and one elementwise pass
+    ``dx = dy p + (x - mu) q + r`` with per-channel ``p = gamma / std``,
+    ``q = -p dgamma / (m std)``, ``r = -p dbeta / m`` (``q = r = 0`` in inference).
     """
-    x, mean, inv_std, gamma, has_beta, training, axes = cache
+    rows, shape, mean, inv_std, gamma, has_beta, training = cache
     dout = check_array(dout, "batch_norm_backward", name="dout")
-    if dout.shape != x.shape:
-        raise ShapeError(
-            f"batch_norm_backward: dout must have the output's shape {x.shape}, got {dout.shape}"
-        )
-    c = x.shape[1]
-    m = x.size // c if c else 0
-    rows = _rows(x) if m and c else None
-    drows = None
-    if rows is not None:
-        drows = _rows(dout)
-        if drows is None:  # one copy into x's layout, then the fast path
-            drows = np.ascontiguousarray(dout if dout.ndim == 2 else dout.transpose(0, 2, 3, 1)).reshape(
-                -1, c
-            )
-    dbeta64, dxc64, xc = _grad_sums(x, dout, rows, drows, mean, axes)
-    dgamma64 = dxc64 * inv_std
-    dt = x.dtype
-    scale = inv_std if gamma is None else gamma * inv_std
-    p = scale
-    if training:
-        q = (-scale * inv_std * (dgamma64 / m)).astype(dt)
-        r = (-scale * (dbeta64 / m)).astype(dt)
+    if dout.shape != shape:
+        raise ShapeError(f"batch_norm_backward: dout must have the output's shape {shape}, got {dout.shape}")
+    drows = _rows(dout).astype(rows.dtype, copy=False)
+    m, c = rows.shape
+    dt = rows.dtype
+    kernel = _grad_sums_kernel()
+    xc = None
+    if kernel is not None:
+        acc = np.empty((2, c), np.float64)
+        kernel(rows, drows, mean, acc)
+        dbeta64, dxc64 = acc[0], acc[1]
     else:
-        q = np.zeros(c, dt)
-        r = np.zeros(c, dt)
-    dx = _grad_input(x, dout, rows, drows, xc, mean, p, q, r, training)
+        xc = rows - mean
+        dbeta64, dxc64 = _colsum(drows), _colsum(drows, xc)
+    dgamma64 = dxc64 * inv_std
+    p = inv_std if gamma is None else gamma * inv_std
+    if training:
+        q = (-p * inv_std * (dgamma64 / m)).astype(dt)
+        r = (-p * (dbeta64 / m)).astype(dt)
+    else:
+        q = r = np.zeros(c, dt)
+    dx, dx_rows = _alloc(shape, dt)
+    kernel = _grad_input_kernel()
+    if kernel is not None:
+        kernel(rows, drows, mean, p, q, r, dx_rows)
+    else:
+        np.multiply(drows, p, out=dx_rows)
+        if training:
+            assert xc is not None
+            xc *= q
+            xc += r
+            dx_rows += xc
     dgamma = None if gamma is None else dgamma64.astype(dt)
     dbeta = dbeta64.astype(dt) if has_beta else None
     return dx, dgamma, dbeta
-
-
-def _grad_sums(x, dout, rows, drows, mean, axes) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Per-channel ``sum dy`` and ``sum dy * (x - mu)`` (float64), and ``x - mu`` when it was formed."""
-    kernel = _grad_sums_kernel() if rows is not None else None
-    if kernel is not None:
-        acc = np.empty((2, rows.shape[1]), np.float64)
-        kernel(rows, drows, mean, acc)
-        return acc[0], acc[1], None
-    if rows is not None:
-        xc = rows - mean
-        return _colsum(drows), _colsum(drows, xc), xc
-    xc = x - mean.reshape(_bshape(x))
-    return dout.sum(axis=axes, dtype=np.float64), (xc * dout).sum(axis=axes, dtype=np.float64), xc
-
-
-def _grad_input(x, dout, rows, drows, xc, mean, p, q, r, training) -> np.ndarray:
-    """``dy * p + (x - mu) * q + r`` per channel (``q = r = 0`` in inference), in ``x``'s layout.
-
-    ``xc`` (``x - mu`` in the rows or the ``x`` shape, or None) is overwritten.
-    """
-    if rows is not None:
-        out, out_rows = _empty_like_rows(x)
-        kernel = _grad_input_kernel()
-        if kernel is not None:
-            kernel(rows, drows, mean, p, q, r, out_rows)
-            return out
-        np.multiply(drows, p, out=out_rows)
-        if training:
-            xc *= q
-            xc += r
-            out_rows += xc
-        return out
-    shape = _bshape(x)
-    dx = dout * p.reshape(shape)
-    if training:
-        xc *= q.reshape(shape)
-        xc += r.reshape(shape)
-        dx += xc
-    return dx
 
 
 def batch_norm(

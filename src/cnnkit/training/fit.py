@@ -877,7 +877,26 @@ def fit(
     )
     if resume_from is not None:
         trainer.resume(str(resume_from), optimizer_given)
-    return trainer.train()
+    with _no_input_grad(model):
+        return trainer.train()
+
+
+@contextlib.contextmanager
+def _no_input_grad(model: Layer) -> Iterator[None]:
+    """Skip dL/dx of the model's first layer while training: nothing reads the gradient of the images.
+
+    The first convolution's input gradient is a third of its backward pass. The model's own setting is
+    put back afterwards, so gradcheck and users calling ``model.backward`` still get dx.
+    """
+    if not hasattr(model, "needs_input_grad"):
+        yield
+        return
+    previous = model.needs_input_grad
+    model.needs_input_grad = False
+    try:
+        yield
+    finally:
+        model.needs_input_grad = previous
 
 
 def evaluate(
