@@ -211,7 +211,6 @@ def main() -> int:
     from threadpoolctl import threadpool_info
 
     from cnnkit.bench import blas_info
-
     from cnnkit.utils.memory import keep_freed_memory
 
     threads = os.cpu_count() or 1
