@@ -38,6 +38,12 @@ def _check_int(value: Any, name: str, op: str) -> int:
     return int(value)
 
 
+def _relu_inplace(a: np.ndarray) -> np.ndarray:
+    """``max(a, 0)`` written into ``a`` (for arrays the block owns); returns ``a``."""
+    np.maximum(a, a.dtype.type(0), out=a)
+    return a
+
+
 class ResidualBlock(Layer):
     """Shared machinery of the residual blocks: the main branch, the shortcut and their sum.
 
@@ -143,34 +149,45 @@ class ResidualBlock(Layer):
 
     # ----------------------------------------------------------------- running
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        masks = []
+        """``relu(F(x) + shortcut(x))``.
+
+        Batch norm returns a fresh array it does not keep, so the ReLUs after it and the sum with the
+        shortcut are done in place (no full-size temporaries; channels-last memory is kept). Each inner
+        ReLU's output is kept for its mask (the next convolution reads it anyway); the final ReLU's mask
+        is kept as a boolean array, since the block's output belongs to the caller.
+        """
+        relu_outputs = []
         out = x
         for _, layer, relu_after in self._main:
             out = layer.forward(out, training)
             if relu_after:
-                mask = out > 0
-                out = out * mask
-                masks.append(mask)
+                out = _relu_inplace(out) if isinstance(layer, BatchNorm2D) else np.maximum(out, 0)
+                relu_outputs.append(out)
         shortcut = self.downsample.forward(x, training) if self.downsample is not None else x
-        out = out + shortcut
+        if isinstance(self._main[-1][1], BatchNorm2D):
+            np.add(out, shortcut, out=out)
+        else:
+            out = out + shortcut
         final = out > 0
-        self._cache = (masks, final)
-        return out * final
+        np.maximum(out, out.dtype.type(0), out=out)
+        self._cache = (relu_outputs, final)
+        return out
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._cache is None:
             raise TrainingError(f"{self.name}: backward called before forward")
-        masks, final = self._cache
-        dy = dy * final  # the final ReLU, once, before the branches split
+        relu_outputs, final = self._cache
+        dy = dy * final  # the final ReLU, once, before the branches split (a new array: ours to reuse)
         d = dy
-        remaining = len(masks)
+        remaining = len(relu_outputs)
         for _, layer, relu_after in reversed(self._main):
             if relu_after:
                 remaining -= 1
-                d = d * masks[remaining]
+                d = d * (relu_outputs[remaining] > 0)
             d = layer.backward(d)
-        d_short = self.downsample.backward(dy) if self.downsample is not None else dy
-        return d + d_short
+        if self.downsample is not None:
+            return d + self.downsample.backward(dy)
+        return np.add(dy, d, out=dy) if dy.shape == d.shape and dy.dtype == d.dtype else d + dy
 
     # ----------------------------------------------------------------- description
     def get_config(self) -> dict[str, Any]:

@@ -51,7 +51,8 @@ def _check_axis(axis: Any, ndim: int, op: str) -> int:
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ReLU (notes §6.1): ``f(x) = max(0, x)``. Returns ``(out, cache)``."""
     x = check_array(x, "relu")
-    out = np.maximum(x, 0)
+    out = np.empty_like(x)  # x's memory layout (channels-last stays channels-last)
+    np.maximum(x, x.dtype.type(0), out=out)  # never in place: x may be cached by the layer before
     return out, out
 
 
@@ -59,7 +60,9 @@ def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
     """dL/dx of ReLU: ``dout * [x > 0]`` (the gradient at 0 is taken as 0, as PyTorch does)."""
     out = cache
     dout = _check_dout(dout, out.shape, "relu")
-    return dout * (out > 0)
+    dx = np.empty_like(dout)
+    np.multiply(dout, out > 0, out=dx)  # a boolean mask, multiplied: no np.where on a random mask
+    return dx
 
 
 def relu(x: np.ndarray) -> np.ndarray:

@@ -294,13 +294,10 @@ def batch_norm_backward(
         dbeta64, dxc64 = _colsum(drows), _colsum(drows, xc)
     dgamma64 = dxc64 * inv_std
     p = inv_std if gamma is None else gamma * inv_std
-    if training:
-        q = (-p * inv_std * (dgamma64 / m)).astype(dt)
-        r = (-p * (dbeta64 / m)).astype(dt)
-    else:
-        q = r = np.zeros(c, dt)
+    q = (-p * inv_std * (dgamma64 / m)).astype(dt) if training else None
+    r = (-p * (dbeta64 / m)).astype(dt) if training else None
     dx, dx_rows = _alloc(shape, dt)
-    kernel = _grad_input_kernel()
+    kernel = _grad_input_kernel() if training else None
     if kernel is not None:
         kernel(rows, drows, mean, p, q, r, dx_rows)
     else:
