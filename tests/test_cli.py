@@ -245,9 +245,9 @@ def test_predict_table_and_bad_inputs_are_reported(trained: dict, image_root: Pa
     assert rc == 1 and "no image could be read" in err
 
 
-def test_predict_preprocessing_equals_the_data_module(image_root: Path, tmp_path: Path) -> None:
-    """The lean decode/normalise of ``cnnkit predict`` gives cnnkit.data's arrays bit for bit."""
-    from cnnkit.cli._common import PixelNormalizer, decode_image_file
+def test_predict_preprocessing_is_the_data_module(image_root: Path, tmp_path: Path) -> None:
+    """``cnnkit predict`` decodes and normalises with cnnkit.data itself (no copies to drift apart)."""
+    from cnnkit.cli._common import PixelNormalizer, Preprocess, decode_image_file
     from cnnkit.data import Normalize, decode_image
 
     big = tmp_path / "big.jpg"
@@ -256,20 +256,27 @@ def test_predict_preprocessing_equals_the_data_module(image_root: Path, tmp_path
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P").save(palette, transparency=0)
     files = [*_readable_images(image_root)[:3], big, palette]
     for size, color in (((28, 28), "grey"), ((12, 20), "rgb")):
-        ours = np.stack([decode_image_file(f, size, color) for f in files])
+        pre = Preprocess(size, color, PixelNormalizer({"mode": "unit"}))
+        ours = np.stack([pre.load(f) for f in files])
         theirs = np.stack([decode_image(f, size, color) for f in files])
         assert ours.dtype == np.uint8 and np.array_equal(ours, theirs)
+        assert np.array_equal(np.stack([decode_image_file(f, size, color) for f in files]), theirs)
         for norm in (Normalize("unit"), Normalize("symmetric"), Normalize("standardize").fit(theirs)):
-            expected = norm(theirs)
-            got = PixelNormalizer(norm.get_config())(ours)
-            assert got.dtype == np.float32 and np.array_equal(got, expected)
+            got = PixelNormalizer(norm.get_config())
+            assert isinstance(got, Normalize) and got.get_config() == norm.get_config()
+            assert np.array_equal(got(ours), norm(theirs))
+    with pytest.raises(ConfigError, match="normalisation mode"):
+        PixelNormalizer({"mode": "whiten"})
+    with pytest.raises(ConfigError, match="standardize needs one mean and std"):
+        PixelNormalizer({"mode": "standardize", "mean": [0.5], "std": None})
 
 
 def test_predict_imports_stay_lean(trained: dict, image_root: Path) -> None:
     code = (
         "import sys; from cnnkit.cli import main; "
         f"rc = main(['predict', {str(trained['model'])!r}, {str(image_root / 'bars' / '00.png')!r}]); "
-        "heavy = [m for m in ('torch', 'matplotlib', 'tqdm', 'numba', 'cnnkit.data', 'cnnkit.training') "
+        "heavy = [m for m in ('torch', 'matplotlib', 'tqdm', 'numba', 'cnnkit.training', 'cnnkit.data.loader', "
+        "'cnnkit.data.augment', 'cnnkit.data.datasets', 'cnnkit.data.idx', 'gzip') "
         "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)"
     )
     proc = subprocess.run(

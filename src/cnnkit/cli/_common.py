@@ -2,7 +2,8 @@
 
 Only the standard library is imported at module level; NumPy, Pillow and the rest of cnnkit are imported
 inside the functions that need them, so ``cnnkit --help`` stays fast and ``cnnkit predict`` pulls in no
-more than NumPy, Pillow and cnnkit's ops, layers and io.
+more than NumPy, Pillow, cnnkit's ops, layers and io, and the two modules of :mod:`cnnkit.data` it
+preprocesses with (``folder``, ``transforms``: the package's ``__init__`` imports nothing eagerly).
 """
 
 from __future__ import annotations
@@ -261,67 +262,39 @@ def get_zoo_model(
         ) from None
 
 
-class PixelNormalizer:
-    """Pixels -> float32 network input from a :meth:`cnnkit.data.Normalize.get_config` dict.
+def PixelNormalizer(config: dict[str, Any]) -> Any:
+    """Pixels -> float32 network input: the :class:`cnnkit.data.Normalize` of a ``get_config`` dict.
 
-    The same arithmetic in the same order as :class:`cnnkit.data.Normalize` (``unit``: ``x / m``;
-    ``symmetric``: ``x / (m/2) - 1``; ``standardize``: ``(x / m - mean_c) / std_c``, notes section 12 tip
-    1), so results are identical bit for bit, without importing :mod:`cnnkit.data` and everything in it:
-    ``cnnkit predict`` stays lean. The tests hold the two to each other.
+    ``unit``: ``x / m``; ``symmetric``: ``x / (m/2) - 1``; ``standardize``: ``(x / m - mean_c) / std_c``
+    (notes section 12 tip 1). The model file's metadata is checked here, so a bad one fails on loading
+    with a message that says so. Importing :mod:`cnnkit.data.transforms` imports nothing else of
+    :mod:`cnnkit.data` (its ``__init__`` is lazy), so ``cnnkit predict`` stays lean.
     """
+    from ..data.transforms import Normalize
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.mode = str(config.get("mode", "unit"))
-        if self.mode not in ("unit", "symmetric", "standardize"):
-            raise ConfigError(f"unknown normalisation mode {self.mode!r} in the model file's metadata")
-        self.max_value = float(config.get("max_value", 255.0))
-        self.mean = [float(v) for v in config.get("mean") or []]
-        self.std = [float(v) for v in config.get("std") or []]
-        if self.mode == "standardize" and (not self.mean or len(self.mean) != len(self.std)):
-            raise ConfigError(f"standardize needs one mean and std per channel, got {config!r:.200}")
-        self._config = dict(config)
-
-    def __call__(self, x: Any) -> Any:
-        import numpy as np
-
-        out = x.astype(np.float32)
-        if self.mode == "unit":
-            out /= np.float32(self.max_value)
-        elif self.mode == "symmetric":
-            out /= np.float32(self.max_value / 2)
-            out -= np.float32(1.0)
-        else:
-            shape = (len(self.mean), 1, 1)
-            out /= np.float32(self.max_value)
-            out -= np.asarray(self.mean, dtype=np.float32).reshape(shape)
-            out /= np.asarray(self.std, dtype=np.float32).reshape(shape)
-        return out
-
-    def get_config(self) -> dict[str, Any]:
-        return dict(self._config)
+    mode = str(config.get("mode", "unit"))
+    if mode not in ("unit", "symmetric", "standardize"):
+        raise ConfigError(f"unknown normalisation mode {mode!r} in the model file's metadata")
+    mean, std = config.get("mean"), config.get("std")
+    if mode == "standardize" and (not mean or not std or len(mean) != len(std)):
+        raise ConfigError(f"standardize needs one mean and std per channel, got {config!r:.200}")
+    if mode != "standardize":
+        mean = std = None
+    try:
+        return Normalize(mode, mean, std, float(config.get("max_value", 255.0)))
+    except ConfigError as err:
+        raise ConfigError(f"the model file's normalisation metadata is invalid: {err}") from None
 
 
 def decode_image_file(path: str | os.PathLike[str], size: tuple[int, int], color: str) -> Any:
-    """One image file as uint8 ``(C, H, W)``: what :func:`cnnkit.data.decode_image` does, step by step.
+    """One image file as uint8 ``(C, H, W)``: :func:`cnnkit.data.folder.decode_image`.
 
     Pillow decodes (JPEGs at a reduced scale when much larger, ``draft``), converts to ``L`` or ``RGB``
     (palette images with transparency through RGBA), then resizes bilinearly to ``size = (H, W)``.
-    Kept here so ``cnnkit predict`` need not import :mod:`cnnkit.data`; the tests compare the two.
     """
-    import numpy as np
-    from PIL import Image
+    from ..data.folder import decode_image
 
-    h, w = size
-    mode = "RGB" if color == "rgb" else "L"
-    with Image.open(path) as img:
-        img.draft(mode, (w, h))
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        img = img.convert(mode)
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr.transpose(2, 0, 1).copy() if arr.ndim == 3 else arr[None].copy()
+    return decode_image(path, size, "rgb" if color == "rgb" else "grey")
 
 
 @dataclass
@@ -335,7 +308,7 @@ class Preprocess:
 
     image_size: tuple[int, int]
     color: str
-    normalize: PixelNormalizer
+    normalize: Any  # a cnnkit.data.Normalize
 
     def to_metadata(self) -> dict[str, Any]:
         return {

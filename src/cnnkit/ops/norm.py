@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DTypeError, ShapeError
+from . import _jit
 from ._args import check_array
 from ._jit import lazy_kernel
 
@@ -177,10 +178,15 @@ def _colsum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     return total
 
 
+def _compiled(kernel: Any) -> Any:
+    """The compiled kernel, or None when Numba is off (``CNNKIT_NO_NUMBA=1``) or not installed."""
+    return kernel() if _jit.numba_available() else None
+
+
 def _batch_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and biased variance of ``(M, C)`` rows, float64 ``(C,)`` arrays."""
     m = rows.shape[0]
-    kernel = _stats_kernel()
+    kernel = _compiled(_stats_kernel)
     if kernel is not None:
         acc = np.empty((3, rows.shape[1]), np.float64)
         kernel(rows, acc)
@@ -251,7 +257,7 @@ def batch_norm_forward(
     a = inv_std if gamma is None else gamma * inv_std
     b = -mean * a if beta is None else beta - mean * a
     out, out_rows = _alloc(x.shape, x.dtype)
-    kernel = _affine_kernel()
+    kernel = _compiled(_affine_kernel)
     if kernel is not None:
         kernel(rows, a, b, out_rows)
     else:
@@ -283,7 +289,7 @@ def batch_norm_backward(
     drows = _rows(dout).astype(rows.dtype, copy=False)
     m, c = rows.shape
     dt = rows.dtype
-    kernel = _grad_sums_kernel()
+    kernel = _compiled(_grad_sums_kernel)
     xc = None
     if kernel is not None:
         acc = np.empty((2, c), np.float64)
@@ -297,7 +303,7 @@ def batch_norm_backward(
     q = (-p * inv_std * (dgamma64 / m)).astype(dt) if training else None
     r = (-p * (dbeta64 / m)).astype(dt) if training else None
     dx, dx_rows = _alloc(shape, dt)
-    kernel = _grad_input_kernel() if training else None
+    kernel = _compiled(_grad_input_kernel) if training else None
     if kernel is not None:
         kernel(rows, drows, mean, p, q, r, dx_rows)
     else:
