@@ -628,7 +628,7 @@ def _load_fashion(
     limit: int | None,
     evaluation: bool,
 ) -> LoadedData:
-    from ..data import fashion_mnist, train_test_split
+    from ..data import fashion_mnist
 
     ds = fashion_mnist()
     size = tuple(image_size or (28, 28))
@@ -641,31 +641,32 @@ def _load_fashion(
     if size != (28, 28) or color != "grey":
         notes.append(f"images converted from 28x28 grey to {size[0]}x{size[1]} {color}")
     data = LoadedData("fashion-mnist", ds.source, list(ds.class_names), size, color, None, notes=notes)
-    data.test = (convert_images(ds.x_test, size, color), ds.y_test)
     if evaluation:
-        data.train, data.test, data.evaluation = data.test, None, True
         data.source += ", test split"
-        return data
-    x, y = ds.x_train, ds.y_train
-    if limit:
-        x, y = _subset_arrays(x, y, limit, seed)
-    x = convert_images(x, size, color)
-    if validation_split > 0:
-        x, y, xv, yv = train_test_split(x, y, validation_split, seed)
-        data.validation = (xv, yv)
-    data.train = (x, y)
-    return data
+    return _split_arrays(data, ds, validation_split, seed, limit, evaluation)
 
 
 def _load_shapes(
     size: tuple[int, int], color: str, validation_split: float, seed: int, limit: int | None, evaluation: bool
 ) -> LoadedData:
-    from ..data import shapes, train_test_split
+    from ..data import shapes
 
     images = shapes(SHAPES_SAMPLES, size, seed=seed)
     ds = images.split(0.2, seed=seed)
     source = f"shapes({SHAPES_SAMPLES}, {size[0]}x{size[1]}, seed={seed}), test split 20%"
     data = LoadedData("shapes", source, list(ds.class_names), tuple(size), color, None)
+    return _split_arrays(data, ds, validation_split, seed, limit, evaluation)
+
+
+def _split_arrays(
+    data: LoadedData, ds: Any, validation_split: float, seed: int, limit: int | None, evaluation: bool
+) -> LoadedData:
+    """Fill ``data`` from an in-memory train/test Dataset: its test split for evaluation; otherwise the
+    (optionally ``limit``-ed) training images, less a seeded stratified validation split, plus the test split.
+    """
+    from ..data import train_test_split
+
+    size, color = data.image_size, data.color
     data.test = (convert_images(ds.x_test, size, color), ds.y_test)
     if evaluation:
         data.train, data.test, data.evaluation = data.test, None, True

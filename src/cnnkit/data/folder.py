@@ -28,7 +28,6 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -281,6 +280,8 @@ def _scan(files: list[str], check: str, size: tuple[int, int], color: str) -> li
         return None
 
     if check == "full" and len(files) > 64:  # decoding releases the GIL: use a few threads
+        from concurrent.futures import ThreadPoolExecutor  # here: `cnnkit predict` never scans folders
+
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             reasons = list(pool.map(probe, files, chunksize=32))
     else:
