@@ -227,3 +227,34 @@ def test_inference_does_not_import_numba():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    channels=st.integers(1, 3),
+    size=st.integers(3, 9),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    bias=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_taps_first_forward_matches_reference(
+    channels, size, kernel, stride, padding, dilation, bias, dtype, seed
+):
+    """The few-channel (taps-first GEMM) forward, forced on for up to 3 channels, equals the loops."""
+    if dilation * (kernel - 1) + 1 > size + 2 * padding or kernel == 1 and padding == 0 and stride == 1:
+        return  # no valid output, or the 1x1 pointwise path (which skips im2col altogether)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, channels, size, size)).astype(dtype)
+    w = rng.standard_normal((3, channels, kernel, kernel)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype) if bias else None
+    kw = {"stride": stride, "padding": padding, "dilation": dilation}
+    previous = conv_mod._FEW_CHANNELS
+    conv_mod._FEW_CHANNELS = 3
+    try:
+        _check_against_reference(x, w, b, dtype, **kw)
+    finally:
+        conv_mod._FEW_CHANNELS = previous
