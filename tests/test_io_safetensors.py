@@ -211,7 +211,9 @@ def test_null_metadata_is_empty(tmp_path):
 
 
 def test_real_safetensors_package_reads_our_file(tmp_path):
-    st_numpy = pytest.importorskip("safetensors.numpy")
+    """Both ways with the reference implementation (the `safetensors` package, a test dependency)."""
+    import safetensors.numpy as st_numpy
+
     tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array(3, np.int64)}
     save_file(tensors, tmp_path / "r.safetensors", metadata={"format": "np"})
     theirs = st_numpy.load_file(str(tmp_path / "r.safetensors"))
