@@ -19,7 +19,7 @@ layers read the channels-last arrays cnnkit's conv and pool produce. PyTorch is 
 NCHW and ``channels_last`` layouts and the ratio uses the faster. Each figure is the median of
 about ``--repeats`` runs, taken in two rounds of blocks (see ``bench_layer``).
 A 1024^3 float32 GEMM is timed before and after: if it slowed down a lot the machine was busy and the
-run should be repeated (see /work/shared/PERF-NOTES.md, "Measuring here").
+run should be repeated (see benchmarks/README.md).
 
 ``--keep-memory`` tells glibc's malloc (through ``mallopt``) never to hand big blocks back to the
 kernel, so the large temporaries of every step reuse pages instead of faulting in fresh zeroed ones

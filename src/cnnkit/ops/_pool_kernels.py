@@ -10,7 +10,7 @@ With ``relu=True`` the forward applies ReLU to the pooled value and the backward
 outputs that are not positive: exact for ReLU followed by max pooling, because the window maximum
 commutes with the monotone ReLU (notes §6.1, §7.2).
 
-Measured on the project machine (2 shared cores, see ``/work/shared/PERF-NOTES.md``): with 32 channels
+Measured on the project machine (2 shared cores, see ``benchmarks/README.md``): with 32 channels
 the forward beat NumPy's strided maxima (1.6 vs 2.1 ms at 64x32x32x32) and the backward by 4-5x; with
 6 channels the branchy argmax made the forward slower than NumPy (3.3 vs 1.3 ms), and a general
 kernel (any window, padding, dilation) was slower than NumPy everywhere. So :mod:`cnnkit.ops.pool` uses

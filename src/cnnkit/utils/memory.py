@@ -6,7 +6,7 @@ the system on ``free``; its sliding threshold and ``M_TRIM_THRESHOLD`` make this
 NumPy step takes thousands of page faults (measured: ~3,000 faults and 14 ms of system time per step) and
 throughput swings between processes. :func:`keep_freed_memory` fixes both thresholds high, so freed
 blocks stay in the heap and the next step reuses them (page faults to 0, 10-20% faster; see
-``/work/shared/PERF-NOTES.md`` point 3).
+the project's measured speed notes, point 3; see ``benchmarks/README.md``).
 
 The setting is process-wide: it affects every allocation of the process (NumPy, other libraries), and
 memory a step freed is kept for reuse instead of being returned to the system, so the resident size stays
