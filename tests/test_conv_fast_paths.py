@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numba  # noqa: F401  (a dependency: fail loudly if missing)
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -20,8 +21,6 @@ from cnnkit.ops import conv2d, conv2d_backward, conv2d_forward
 from cnnkit.ops._conv_kernels import col2im_rows_kernel
 from cnnkit.ops._jit import numba_available
 from cnnkit.ops.reference import conv2d_backward_reference, conv2d_reference
-
-pytest.importorskip("numba")
 
 
 def _reset_jit() -> None:
@@ -121,7 +120,8 @@ def test_fast_paths_match_reference_with_and_without_numba(jit_mode, dtype, c, f
 
 
 def test_matches_pytorch_with_and_without_numba(jit_mode):
-    torch = pytest.importorskip("torch")
+    import torch
+
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
     w = (rng.standard_normal((24, 16, 3, 3)) / 12).astype(np.float32)

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn  # noqa: E402
 
+import torch_zoo_reference as ref  # noqa: E402
 from cnnkit import ConfigError, GradcheckError, ShapeError
 from cnnkit.gradcheck import gradcheck
 from cnnkit.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from cnnkit.layers.base import from_config, to_config
 from cnnkit.models import BasicBlock, Bottleneck, Sequential
-
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-import torch_zoo_reference as ref  # noqa: E402
 
 
 def _x(shape, seed=0):

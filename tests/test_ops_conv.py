@@ -334,7 +334,8 @@ def _torch_configs(count: int, seed: int = 20261125):
 @pytest.fixture
 def torch_one_thread():
     """torch, on one thread: its OpenMP workers otherwise spin against OpenBLAS's (3x slower)."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield torch

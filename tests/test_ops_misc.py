@@ -40,25 +40,13 @@ from cnnkit.ops import (
     softmax_forward,
 )
 from cnnkit.ops import reference as R
+from finite_differences import numeric_grad
 
 SETTINGS = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
 TORCH_SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 
 
 # ----------------------------------------------------------------------------- helpers
-def numeric_grad(f, x: np.ndarray, dout, eps: float = 1e-6) -> np.ndarray:
-    """Central-difference gradient of ``sum(f(x) * dout)`` with respect to ``x`` (float64)."""
-    x = x.copy()
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        plus = float(np.sum(f(x) * dout))
-        x[idx] = old - eps
-        minus = float(np.sum(f(x) * dout))
-        x[idx] = old
-        grad[idx] = (plus - minus) / (2 * eps)
-    return grad
 
 
 def close(actual, expected, rtol: float = 1e-5) -> None:
@@ -69,7 +57,8 @@ def close(actual, expected, rtol: float = 1e-5) -> None:
 
 
 def _torch():
-    torch = pytest.importorskip("torch")
+    import torch
+
     torch.set_num_threads(1)
     return torch
 

@@ -26,6 +26,7 @@ from cnnkit.ops import (
     min_pool2d_forward,
 )
 from cnnkit.ops import reference as R
+from finite_differences import numeric_grad
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 TORCH_SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -38,19 +39,6 @@ KINDS = {
 
 
 # ----------------------------------------------------------------------------- helpers
-def numeric_grad(f, x: np.ndarray, dout: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central-difference gradient of ``sum(f(x) * dout)`` with respect to ``x`` (float64)."""
-    x = x.copy()
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        plus = float(np.sum(f(x) * dout))
-        x[idx] = old - eps
-        minus = float(np.sum(f(x) * dout))
-        x[idx] = old
-        grad[idx] = (plus - minus) / (2 * eps)
-    return grad
 
 
 def channels_last(x: np.ndarray) -> np.ndarray:
@@ -260,7 +248,8 @@ def test_adaptive_and_global_gradient_finite_differences(output_size):
 
 # ----------------------------------------------------------------------------- PyTorch
 def _torch():
-    torch = pytest.importorskip("torch")
+    import torch
+
     torch.set_num_threads(1)
     return torch
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import sys
 
+import matplotlib  # noqa: F401  (a dependency: fail loudly if missing)
 import numpy as np
 import pytest
 from PIL import Image
-
-pytest.importorskip("matplotlib")
 
 from cnnkit import viz  # noqa: E402
 from cnnkit.cli import main  # noqa: E402

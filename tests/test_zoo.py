@@ -6,15 +6,13 @@ import time
 
 import numpy as np
 import pytest
-
-import cnnkit.models as models
-from cnnkit import ConfigError, ShapeError
-from cnnkit.models import zoo
-
-torch = pytest.importorskip("torch")
+import torch
 from torch import nn  # noqa: E402
 
+import cnnkit.models as models
 import torch_zoo_reference as ref  # noqa: E402
+from cnnkit import ConfigError, ShapeError
+from cnnkit.models import zoo
 
 # Published torchvision counts (torchvision.models docs, "num_params", 1000 classes) and the notes' networks
 # worked out by hand: simple_cnn 896 + 18,496 + 524,416 + 1,290; cats_dogs 896 + 18,496 + 73,856 +
