@@ -99,16 +99,16 @@ def _stats_kernel(numba: Any) -> Any:
 
 @lazy_kernel
 def _affine_kernel(numba: Any) -> Any:
-    """``kernel(x, a, b, out)``: ``out = x * a + b`` per column, one pass over ``(M, C)`` rows."""
+    """``kernel(x, mu, mu_lo, a, b, out)``: ``out = ((x - mu) - mu_lo) * a + b`` per column, one pass."""
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(x, a, b, out):  # pragma: no cover - compiled
+    def kernel(x, mu, mu_lo, a, b, out):  # pragma: no cover - compiled
         m, c = x.shape
         for i in range(m):
             row = x[i]
             orow = out[i]
             for j in range(c):
-                orow[j] = row[j] * a[j] + b[j]
+                orow[j] = ((row[j] - mu[j]) - mu_lo[j]) * a[j] + b[j]
 
     return kernel
 
@@ -214,8 +214,10 @@ def batch_norm_forward(
     ``(C,)`` arrays, updated in place when ``training`` (may be None in training, then nothing is
     tracked); required for inference. All arrays share ``x``'s dtype.
 
-    Computed as PyTorch does on the CPU: per channel ``a = gamma / sqrt(sigma^2 + eps)`` and
-    ``b = beta - mu a``, then ``y = x a + b`` in one pass; the statistics are accumulated in float64.
+    Computed per channel as ``a = gamma / sqrt(sigma^2 + eps)``, then ``y = (x - mu) a + beta`` in one
+    pass (not ``x a + (beta - mu a)``, which loses float32 digits when sigma is small next to mu); the
+    statistics are accumulated in float64 and the mean is subtracted in two parts, so nothing of it is
+    lost to rounding.
     The work is done on ``(N*H*W, C)`` rows: a view of a channels-last ``x`` (what the convolutions
     return), else a channels-last copy, so both layouts give the same values bit for bit. ``y`` (and
     the backward's ``dx``) of an image batch has channels-last memory, which the next convolution reads
@@ -250,19 +252,27 @@ def batch_norm_forward(
             running_var *= 1.0 - momentum
             running_var += (momentum * m / (m - 1) * var64).astype(x.dtype)
         mean = mean64.astype(x.dtype)
+        mean_lo = (mean64 - mean).astype(x.dtype)  # what rounding the mean to x's dtype dropped
         inv_std = (1.0 / np.sqrt(var64 + eps)).astype(x.dtype)
     else:
         mean = running_mean.copy()
+        mean_lo = np.zeros_like(mean)
         inv_std = (1.0 / np.sqrt(running_var + x.dtype.type(eps))).astype(x.dtype, copy=False)
+    # y = (x - mu) * a + beta with a = gamma / sqrt(sigma^2 + eps). Subtracting the mean first matters:
+    # the folded form x * a + (beta - mu * a) cancels two large terms when sigma is small next to mu.
+    # The float64 mean is subtracted as two float32 parts (mean + mean_lo): x - mean is exact when x is
+    # near the mean, so the result keeps the digits a single rounded mean would lose.
     a = inv_std if gamma is None else gamma * inv_std
-    b = -mean * a if beta is None else beta - mean * a
+    shift = np.zeros_like(a) if beta is None else beta
     out, out_rows = _alloc(x.shape, x.dtype)
     kernel = _compiled(_affine_kernel)
     if kernel is not None:
-        kernel(rows, a, b, out_rows)
+        kernel(rows, mean, mean_lo, a, shift, out_rows)
     else:
-        np.multiply(rows, a, out=out_rows)
-        out_rows += b
+        np.subtract(rows, mean, out=out_rows)
+        out_rows -= mean_lo
+        out_rows *= a
+        out_rows += shift
     return out, (rows, x.shape, mean, inv_std, gamma, beta is not None, training)
 
 
