@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, TrainingError
-from ..ops._args import pair
-from ..ops.conv import _is_int, _out_len, _resolve_padding, conv2d_backward, conv2d_forward
+from ..ops._args import is_int, pair
+from ..ops.conv import _out_len, _resolve_padding, conv2d_backward, conv2d_forward
 from .base import Layer, Shape
 from .init import uniform
 
@@ -63,9 +63,9 @@ class Conv2D(Layer):
     ) -> None:
         super().__init__(name=name, seed=seed, dtype=dtype)
         op = self.name
-        if not _is_int(filters) or filters < 1:
+        if not is_int(filters) or filters < 1:
             raise ConfigError(f"{op}: filters must be an int >= 1, got {filters!r}")
-        if not _is_int(groups) or groups < 1:
+        if not is_int(groups) or groups < 1:
             raise ConfigError(f"{op}: groups must be an int >= 1, got {groups!r}")
         if filters % groups:
             raise ConfigError(f"{op}: groups={groups} must divide filters={filters}")
@@ -167,4 +167,4 @@ class Conv2D(Layer):
 
 
 def _jsonable_padding(padding: Any) -> Any:
-    return int(padding) if _is_int(padding) else [int(p) for p in padding]
+    return int(padding) if is_int(padding) else [int(p) for p in padding]

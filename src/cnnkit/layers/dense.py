@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError, TrainingError
+from ..errors import ShapeError, TrainingError
+from ..ops._args import check_int
 from ..ops.linear import linear_backward, linear_forward
 from .base import Layer, Shape
 from .init import uniform
@@ -38,8 +39,7 @@ class Dense(Layer):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__(name=name, seed=seed, dtype=dtype)
-        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
-            raise ConfigError(f"{self.name}: units must be an int >= 1, got {units!r}")
+        check_int(units, "units", self.name)
         self.units = int(units)
         self.use_bias = bool(use_bias)
 

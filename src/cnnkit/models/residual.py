@@ -24,18 +24,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError, TrainingError
+from ..errors import ShapeError, TrainingError
 from ..layers import BatchNorm2D, Conv2D
 from ..layers.base import Layer, Shape
+from ..ops._args import check_int
 from .sequential import Sequential
 
 __all__ = ["BasicBlock", "Bottleneck", "ResidualBlock"]
-
-
-def _check_int(value: Any, name: str, op: str) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{op}: {name} must be an int >= 1, got {value!r}")
-    return int(value)
 
 
 def _relu_inplace(a: np.ndarray) -> np.ndarray:
@@ -64,8 +59,8 @@ class ResidualBlock(Layer):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__(name=name, seed=seed, dtype=dtype)
-        self.planes = _check_int(planes, "planes", self.name)
-        self.stride = _check_int(stride, "stride", self.name)
+        self.planes = check_int(planes, "planes", self.name)
+        self.stride = check_int(stride, "stride", self.name)
         self._main: list[tuple[str, Layer, bool]] = self._main_layers()
         self.downsample: Sequential | None = None
 

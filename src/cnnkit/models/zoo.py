@@ -67,6 +67,7 @@ from ..layers import (
     ReLU,
 )
 from ..layers.base import Layer, Shape
+from ..ops._args import is_int
 from .residual import BasicBlock, Bottleneck, ResidualBlock
 from .sequential import Sequential
 
@@ -421,9 +422,7 @@ def _check_shape(value: Any, name: str) -> Shape:
         shape = tuple(value)
     except TypeError:
         shape = ()
-    if len(shape) != 3 or not all(
-        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape
-    ):
+    if len(shape) != 3 or not all(is_int(s) and s >= 1 for s in shape):
         raise ConfigError(
             f"zoo.get({name!r}): input_shape must be three positive ints (C, H, W), got {value!r}"
         )

@@ -16,12 +16,24 @@ Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # (top, bottom, left, right)
 
 
+def is_int(value: object) -> bool:
+    """True for a Python or NumPy integer (``True``/``False`` are not sizes)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_int(value: object, name: str, op: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a :class:`ConfigError` when it is not an int >= ``minimum``."""
+    if not is_int(value) or value < minimum:  # type: ignore[operator]
+        raise ConfigError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)  # type: ignore[call-overload]
+
+
 def pair(value: int | Sequence[int], name: str, op: str, *, minimum: int = 1) -> Pair:
     """Return ``(v, v)`` for an int, or the pair itself; each entry must be an int >= ``minimum``."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if is_int(value):
         out = (int(value), int(value))
     elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        if not all(is_int(v) for v in value):
             raise ConfigError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
         out = (int(value[0]), int(value[1]))
     else:

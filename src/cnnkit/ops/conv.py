@@ -71,7 +71,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError, DTypeError, ShapeError
-from ._args import Padding4, Pair, check_array, pair
+from ._args import Padding4, Pair, check_array, is_int, pair
 from ._conv_kernels import col2im_rows_kernel
 
 __all__ = [
@@ -93,10 +93,6 @@ _CHUNK_BYTES = 1 << 22  # streamed path: columns unfolded and multiplied this ma
 
 
 # ----------------------------------------------------------------------------- sizes and arguments
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def conv_output_size(size: int, kernel: int, padding: int = 0, stride: int = 1, dilation: int = 1) -> int:
     """Output length of a convolution (or pooling) along one axis (notes §3.4).
 
@@ -122,7 +118,7 @@ def conv_output_size(size: int, kernel: int, padding: int = 0, stride: int = 1, 
         ("stride", stride, 1),
         ("dilation", dilation, 1),
     ):
-        if not _is_int(value) or value < minimum:
+        if not is_int(value) or value < minimum:
             raise ConfigError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
     out = _out_len(int(size), int(kernel), int(padding), int(padding), int(stride), int(dilation))
     if out < 1:
@@ -154,9 +150,9 @@ def _resolve_padding(padding: PaddingArg, kernel: Pair, stride: Pair, dilation: 
             th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
             return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
         raise ConfigError(f"{op}: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    if _is_int(padding):
+    if is_int(padding):
         values: tuple[int, ...] = (int(padding),) * 4
-    elif isinstance(padding, Sequence) and len(padding) in (2, 4) and all(_is_int(v) for v in padding):
+    elif isinstance(padding, Sequence) and len(padding) in (2, 4) and all(is_int(v) for v in padding):
         values = tuple(int(v) for v in padding)
         if len(values) == 2:
             values = (values[0], values[0], values[1], values[1])
@@ -244,7 +240,7 @@ def _check_conv(
             f"{op}: x (N, C, H, W) and w (F, C // groups, KH, KW) need C, H, W, F, KH, KW >= 1, "
             f"got x {x.shape} and w {w.shape}"
         )
-    if not _is_int(groups) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ConfigError(f"{op}: groups must be an int >= 1, got {groups!r}")
     groups = int(groups)
     n, c, h, width = x.shape
@@ -396,7 +392,7 @@ def col2im(
     """
     op = "col2im"
     cols = check_array(cols, op, "cols", ndim=2)
-    if len(tuple(x_shape)) != 4 or not all(_is_int(s) and s >= 1 for s in x_shape):
+    if len(tuple(x_shape)) != 4 or not all(is_int(s) and s >= 1 for s in x_shape):
         raise ShapeError(f"{op}: x_shape must be 4 positive ints (N, C, H, W), got {x_shape!r}")
     x_shape = tuple(int(s) for s in x_shape)
     spec = _im2col_args(op, kernel_size, x_shape, stride, padding, dilation)

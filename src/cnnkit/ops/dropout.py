@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..utils.random import global_rng
-from ._args import check_array
+from ._args import check_array, is_int
 
 __all__ = ["dropout", "dropout_forward", "dropout_backward", "check_rate"]
 
@@ -33,7 +33,7 @@ def _generator(rng: RngLike) -> np.random.Generator:
         return global_rng()
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+    if is_int(rng):
         return np.random.default_rng(int(rng))
     raise ConfigError(
         f"dropout: rng must be None, an int seed or a numpy Generator, got {type(rng).__name__}"

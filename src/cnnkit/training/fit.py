@@ -48,6 +48,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, DTypeError, ShapeError, TrainingError
 from ..layers.base import Layer
 from ..models.sequential import Sequential
+from ..ops._args import check_int
 from ..ops.activations import softmax
 from ..ops.losses import cross_entropy_backward, cross_entropy_forward
 from ..optim.clipping import clip_grad_norm, global_grad_norm
@@ -65,12 +66,6 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 
 # ============================================================================================ checks
-def _check_int(value: Any, name: str, op: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{op}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_model(model: Any, op: str) -> Layer:
     if not isinstance(model, Layer):
         raise ConfigError(
@@ -794,8 +789,8 @@ def fit(
     op = "fit"
     keep_freed_memory()  # process-wide: freed step temporaries are reused, not re-faulted
     model = _check_model(model, op)
-    epochs = _check_int(epochs, "epochs", op, 1)
-    batch_size = _check_int(batch_size, "batch_size", op, 1)
+    epochs = check_int(epochs, "epochs", op, 1)
+    batch_size = check_int(batch_size, "batch_size", op, 1)
     if verbose not in (0, 1, 2) or isinstance(verbose, bool):
         raise ConfigError(f"{op}: verbose must be 0, 1 or 2, got {verbose!r}")
     if (
@@ -811,7 +806,7 @@ def fit(
     if seed is None:
         seed = int(global_rng().integers(0, 2**32))
     else:
-        seed = _check_int(seed, "seed", op, 0)
+        seed = check_int(seed, "seed", op, 0)
     optimizer_given = optimizer is not None
     if optimizer is None:
         opt: Optimizer = Adam(lr=1e-3)
@@ -916,10 +911,10 @@ def evaluate(
     """
     op = "evaluate"
     model = _check_model(model, op)
-    batch_size = _check_int(batch_size, "batch_size", op, 1)
+    batch_size = check_int(batch_size, "batch_size", op, 1)
     if isinstance(top_k, int):
         top_k = (top_k,)
-    ks = tuple(_check_int(k, "top_k", op, 1) for k in top_k)
+    ks = tuple(check_int(k, "top_k", op, 1) for k in top_k)
     x, y = _unpack_pair(x, y)
     source = _source(x, y, batch_size=batch_size, shuffle=False, seed=0, op=op, name="x")
     if isinstance(source, _ArraySource):
@@ -952,7 +947,7 @@ def predict(model: Layer, x: Any, batch_size: int = 256, *, verbose: int = 0) ->
     """
     op = "predict"
     model = _check_model(model, op)
-    batch_size = _check_int(batch_size, "batch_size", op, 1)
+    batch_size = check_int(batch_size, "batch_size", op, 1)
     source = _source(x, None, batch_size=batch_size, shuffle=False, seed=0, op=op, name="x", labels=False)
     if isinstance(source, _ArraySource):
         if (
