@@ -241,20 +241,34 @@ def test_inference_does_not_import_numba():
     dtype=st.sampled_from([np.float32, np.float64]),
     seed=st.integers(0, 2**16),
 )
-def test_taps_first_forward_matches_reference(
-    channels, size, kernel, stride, padding, dilation, bias, dtype, seed
-):
-    """The few-channel (taps-first GEMM) forward, forced on for up to 3 channels, equals the loops."""
+def test_planar_path_matches_reference(channels, size, kernel, stride, padding, dilation, bias, dtype, seed):
+    """The few-channel path (taps-first GEMMs, planar memory), forward and backward, equals the loops."""
     if dilation * (kernel - 1) + 1 > size + 2 * padding or kernel == 1 and padding == 0 and stride == 1:
         return  # no valid output, or the 1x1 pointwise path (which skips im2col altogether)
+    assert channels <= conv_mod._PLANAR_MAX_CHANNELS
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, channels, size, size)).astype(dtype)
     w = rng.standard_normal((3, channels, kernel, kernel)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype) if bias else None
     kw = {"stride": stride, "padding": padding, "dilation": dilation}
-    previous = conv_mod._FEW_CHANNELS
-    conv_mod._FEW_CHANNELS = 3
-    try:
-        _check_against_reference(x, w, b, dtype, **kw)
-    finally:
-        conv_mod._FEW_CHANNELS = previous
+    _check_against_reference(x, w, b, dtype, **kw)
+    out, cache = conv2d_forward(x, w, b, **kw)
+    assert cache.planar
+    assert out.transpose(1, 0, 2, 3).flags.c_contiguous  # (F, N, OH, OW) memory
+
+
+def test_planar_path_streams_chunks_and_flips(monkeypatch):
+    """Several chunks of images, the flipped kernel and a skipped dx on the few-channel path."""
+    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 3, 11, 10))
+    w = rng.standard_normal((5, 3, 3, 2))
+    b = rng.standard_normal(5)
+    kw = {"stride": (2, 1), "padding": (1, 0, 2, 1), "dilation": (1, 2), "flip_kernel": True}
+    _check_against_reference(x, w, b, np.float64, **kw)
+    out, cache = conv2d_forward(x, w, b, **kw)
+    dx, dw, db = conv2d_backward(np.ones_like(out), cache, need_dx=False)
+    assert dx is None
+    expected = conv2d_backward_reference(np.ones_like(out), x, w, b, **kw)
+    np.testing.assert_allclose(dw, expected[1], rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(db, expected[2], rtol=1e-11, atol=1e-11)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ._jit import lazy_kernel
 
 #: Fewest channels for which the compiled kernels pay (measured, see the module docstring).
@@ -99,5 +101,131 @@ def max_pool_2x2_backward_kernel(numba: Any) -> Any:
                         dx[n, 2 * oy, 2 * ox + 1, c] = g if t == 1 else zero
                         dx[n, 2 * oy + 1, 2 * ox, c] = g if t == 2 else zero
                         dx[n, 2 * oy + 1, 2 * ox + 1, c] = g if t == 3 else zero
+
+    return kernel
+
+
+@lazy_kernel
+def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
+    """``kernel(x, out, arg, relu)``: the forward kernel for planar input, with a channels-last result.
+
+    ``x`` is ``(C, N, H, W)`` C-contiguous: what a few-channel convolution returns (see
+    :func:`cnnkit.ops.conv._planar_forward`), so each window's two rows are contiguous runs. ``out`` is
+    the ``(C, N, OH, OW)`` view of a channels-last buffer (the layout the next convolution reads), and
+    ``arg`` is ``(C, N, OH, OW)`` C-contiguous, with the tap index (0..3) stored in ``x``'s float dtype.
+
+    Written so that the compiler vectorises the row loop, which it did only under three conditions,
+    each measured on the project machine: operands of one width (float tap indices instead of int8:
+    the backward 3.9 -> 1.4 ms on 64x32x32x32), selects instead of data-dependent branches, and a whole
+    number of vectors per row (OW = 14, LeNet-5's, ran 10x slower than OW = 16 through the scalar
+    remainder loop: such rows go through zero-padded scratch rows). One image at a time: pooled plane
+    by plane into a small buffer, then written channels-last; the buffer's rows are padded so that
+    its planes do not map to the same cache sets (17 -> 9 ms on 32x32x128x128).
+    """
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(x, out, arg, relu):  # pragma: no cover - compiled
+        c_, n_ = x.shape[0], x.shape[1]
+        oh_, ow_ = arg.shape[2], arg.shape[3]
+        zero, one, two, three = out.dtype.type(0), out.dtype.type(1), out.dtype.type(2), out.dtype.type(3)
+        owp = (ow_ + 7) // 8 * 8
+        row0 = np.zeros(2 * owp, dtype=x.dtype)
+        row1 = np.zeros(2 * owp, dtype=x.dtype)
+        # one image's pooled values and taps, planar, rows padded by 8 (see the docstring; a row may
+        # also be written up to 7 past its end: the next row, or the padding, takes it)
+        pooled = np.empty((c_, oh_ * ow_ + 8), dtype=out.dtype)
+        taps = np.empty((c_, oh_ * ow_ + 8), dtype=out.dtype)
+        for n in range(n_):
+            for c in range(c_):
+                for oy in range(oh_):
+                    prow = pooled[c, oy * ow_ : oy * ow_ + owp]
+                    trow = taps[c, oy * ow_ : oy * ow_ + owp]
+                    src0 = x[c, n, 2 * oy]
+                    src1 = x[c, n, 2 * oy + 1]
+                    for j in range(2 * ow_):
+                        row0[j] = src0[j]
+                        row1[j] = src1[j]
+                    for ox in range(owp):
+                        best = row0[2 * ox]
+                        t = zero
+                        v = row0[2 * ox + 1]
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        t = one if take else t
+                        v = row1[2 * ox]
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        t = two if take else t
+                        v = row1[2 * ox + 1]
+                        take = (v > best) | ((v != v) & (best == best))
+                        best = v if take else best
+                        t = three if take else t
+                        if relu:
+                            best = best if best > zero else zero
+                        prow[ox] = best
+                        trow[ox] = t
+                plane = arg[c, n]
+                for oy in range(oh_):
+                    for ox in range(ow_):
+                        plane[oy, ox] = taps[c, oy * ow_ + ox]
+            for oy in range(oh_):
+                for ox in range(ow_):
+                    i = oy * ow_ + ox
+                    for c in range(c_):
+                        out[c, n, oy, ox] = pooled[c, i]
+
+    return kernel
+
+
+@lazy_kernel
+def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
+    """``kernel(dout, out, arg, dx, relu)``: the backward kernel with a planar ``(C, N, H, W)`` ``dx``.
+
+    ``dout`` and ``out`` are ``(C, N, OH, OW)`` views of any strides, ``arg`` and ``dx`` C-contiguous;
+    the convolution that produced the pooled input then reads ``dx`` as its planar gradient without a
+    copy. One image at a time: its output gradient gathered planar into a small buffer (read in the
+    order of channels-last memory, what the next convolution's dx has), then routed row by row
+    (vectorised as in the forward kernel). Rows and columns the floor rule leaves out (odd sizes) are
+    not written.
+    """
+
+    @numba.njit(cache=True, nogil=True)
+    def kernel(dout, out, arg, dx, relu):  # pragma: no cover - compiled
+        c_, n_, oh_, ow_ = arg.shape
+        zero, one, two, three = dx.dtype.type(0), dx.dtype.type(1), dx.dtype.type(2), dx.dtype.type(3)
+        owp = (ow_ + 7) // 8 * 8
+        row0 = np.empty(2 * owp, dtype=dx.dtype)
+        row1 = np.empty(2 * owp, dtype=dx.dtype)
+        grad = np.zeros((c_, oh_ * ow_ + 8), dtype=dx.dtype)
+        taps = np.zeros((c_, oh_ * ow_ + 8), dtype=dx.dtype)
+        for n in range(n_):
+            for oy in range(oh_):
+                for ox in range(ow_):
+                    i = oy * ow_ + ox
+                    for c in range(c_):
+                        g = dout[c, n, oy, ox]
+                        if relu and not out[c, n, oy, ox] > zero:
+                            g = zero
+                        grad[c, i] = g
+            for c in range(c_):
+                plane = arg[c, n]
+                for oy in range(oh_):
+                    for ox in range(ow_):
+                        taps[c, oy * ow_ + ox] = plane[oy, ox]
+                for oy in range(oh_):
+                    grow = grad[c, oy * ow_ : oy * ow_ + owp]
+                    trow = taps[c, oy * ow_ : oy * ow_ + owp]
+                    for ox in range(owp):
+                        g = grow[ox]
+                        t = trow[ox]
+                        row0[2 * ox] = g if t == zero else zero
+                        row0[2 * ox + 1] = g if t == one else zero
+                        row1[2 * ox] = g if t == two else zero
+                        row1[2 * ox + 1] = g if t == three else zero
+                    dst0 = dx[c, n, 2 * oy]
+                    dst1 = dx[c, n, 2 * oy + 1]
+                    for j in range(2 * ow_):
+                        dst0[j] = row0[j]
+                        dst1[j] = row1[j]
 
     return kernel

@@ -420,7 +420,9 @@ class _ConvCache(NamedTuple):
     has_bias: bool
     flip_kernel: bool
     pointwise: bool  # the 1x1 fast path: no im2col, no col2im, bias added after the GEMM
-    xp: np.ndarray | None = None  # streamed path: the zero-padded input, channels-last memory
+    xp: np.ndarray | None = None  # streamed path: the zero-padded input, channels-last memory;
+    # planar path: the zero-padded input as (C, N, Hp, Wp)
+    planar: bool = False  # the few-channel path: wmat is (F, K + 1), taps in (c, kh, kw) order
 
     @property
     def dtype(self) -> np.dtype:
@@ -429,7 +431,7 @@ class _ConvCache(NamedTuple):
     @property
     def bias_folded(self) -> bool:
         """Whether the bias is a row of ``wmat`` (times a ones column of ``cols``)."""
-        return self.has_bias and not self.pointwise
+        return self.has_bias and not self.pointwise and not self.planar
 
 
 def _weight_matrix(w: np.ndarray, groups: int, b: np.ndarray | None) -> np.ndarray:
@@ -518,39 +520,119 @@ def _streamed_forward(xp: np.ndarray, wmat: np.ndarray, spec: _Spec, bias: bool)
     return out
 
 
-#: Up to this many input channels, the forward pass uses :func:`_taps_first_forward`. Measured in one
-#: process on the 2-core development machine: LeNet-5 (1 channel) inference 9,100 -> 11,700 img/s and
-#: training 3,700 -> 4,100; but notes §5 and §9's RGB first layers got slower (2,900 -> 2,100 and
-#: 106 -> 79 img/s inference), so only grey images take it.
-_FEW_CHANNELS = 1
+#: Up to this many input channels (a network's first layer, on grey or RGB images) the convolution runs
+#: *planar*: see :func:`_planar_forward`. Measured in one process on the 2-core development machine
+#: (see ``benchmarks/README.md``).
+_PLANAR_MAX_CHANNELS = 3
 
 
-def _taps_first_forward(xp: np.ndarray, wmat: np.ndarray, spec: _Spec, bias: bool) -> np.ndarray:
-    """The forward pass as ``W^T @ im2col(x)^T``: an ``(F, K) @ (K, N*OH*OW)`` GEMM, for few channels.
+def _pad_planar(x: np.ndarray, pad: Padding4) -> np.ndarray:
+    """Zero-pad ``x`` (N, C, H, W) into a C-contiguous ``(C, N, Hp, Wp)`` array: one plane per channel."""
+    n, c, h, w = x.shape
+    t, b, l, r = pad
+    hp, wp = h + t + b, w + l + r
+    buf = np.empty((c, n, hp, wp), dtype=x.dtype)
+    buf[:, :, :t] = 0
+    buf[:, :, t + h :] = 0
+    buf[:, :, t : t + h, :l] = 0
+    buf[:, :, t : t + h, l + w :] = 0
+    buf[:, :, t : t + h, l : l + w] = x.transpose(1, 0, 2, 3)
+    return buf
 
-    With one input channel (a first layer on grey images) the usual ``(N*OH*OW, K) @ (K, F)``
-    product has a tiny inner size ``K = KH*KW*C`` and a tall, narrow output that OpenBLAS handles
-    poorly, and the im2col copy moves runs of only ``KW*C`` numbers. Transposed, the unfolded input
-    is ``K`` rows, each one strided slice of the padded image copied whole, and the GEMM writes
-    long rows. Measured on LeNet-5's first layer (128 x 1 x 28 x 28, 6 filters 5x5): 7.4 -> 2.8 ms
-    for the convolution alone (see ``_FEW_CHANNELS`` for whole networks).
 
-    Returns the output as an ``(N*OH*OW, F)`` matrix (NHWC rows, like :func:`_streamed_forward`), so
-    the next layers see the usual channels-last memory; that transposing copy costs less than it saves.
-    """
-    n, c = spec.x_shape[:2]
+def _planar_taps(spec: _Spec) -> list[tuple[int, slice, slice]]:
+    """``(channel, rows, cols)`` of every kernel tap in ``(c, kh, kw)`` order (``w.reshape(F, -1)``'s)."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = spec.kernel, spec.stride, spec.dilation, spec.out_hw
-    k = kh * kw * c
-    cols = np.empty((kh, kw, c, n, oh, ow), dtype=xp.dtype)
-    for i in range(kh):
-        rows = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh)
-        for j in range(kw):
-            cols[i, j] = xp[:, :, rows, j * dw : j * dw + sw * (ow - 1) + 1 : sw].transpose(1, 0, 2, 3)
-    weights = wmat[0]  # (K [+ 1], F), taps in (kh, kw, c) order, the bias as the last row
-    out = weights[:k].T @ cols.reshape(k, n * oh * ow)
-    if bias:
-        out += weights[k][:, None]
-    return np.ascontiguousarray(out.T)
+    return [
+        (c, slice(p * dh, p * dh + sh * (oh - 1) + 1, sh), slice(q * dw, q * dw + sw * (ow - 1) + 1, sw))
+        for c in range(spec.x_shape[1])
+        for p in range(kh)
+        for q in range(kw)
+    ]
+
+
+def _planar_chunks(spec: _Spec, rows: int, dtype: np.dtype) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A ``(rows, images * OH * OW)`` buffer for a chunk of whole images (about ``_CHUNK_BYTES``), and
+    the ``(first image, images)`` of every chunk."""
+    n = spec.x_shape[0]
+    per_image = spec.out_hw[0] * spec.out_hw[1]
+    images = max(1, min(n, _CHUNK_BYTES // max(1, rows * per_image * dtype.itemsize)))
+    buf = np.empty((rows, images * per_image), dtype=dtype)
+    return buf, [(n0, min(images, n - n0)) for n0 in range(0, n, images)]
+
+
+def _planar_unfold(xp: np.ndarray, spec: _Spec, n0: int, nb: int, cols: np.ndarray) -> None:
+    """im2col transposed, for images ``n0 : n0 + nb``: row ``k`` of ``cols`` is tap ``k``'s input plane."""
+    oh, ow = spec.out_hw
+    images = slice(n0, n0 + nb)
+    for k, (c, rows, cols_) in enumerate(_planar_taps(spec)):
+        cols[k].reshape(nb, oh, ow)[...] = xp[c, images, rows, cols_]
+
+
+def _planar_forward(xp: np.ndarray, weights: np.ndarray, spec: _Spec) -> np.ndarray:
+    """The forward pass as ``[W, b] @ [im2col(x)^T; 1]``, an ``(F, K + 1) @ (K + 1, N*OH*OW)`` GEMM.
+
+    For a first layer on grey or RGB images (``C <= 3``) the usual ``im2col(x) @ W^T`` has a tiny inner
+    size ``K = C*KH*KW`` and its im2col copy moves runs of only ``KW*C`` numbers. Transposed ("taps
+    first"), each row of the unfolded input is one tap's strided slice of one padded channel plane
+    (``xp`` is ``(C, N, Hp, Wp)``), copied whole, and the GEMM writes one long row per filter: the
+    result is *planar*, ``(F, N*OH*OW)``, returned as an ``(N, F, OH, OW)`` view of ``(F, N, OH, OW)``
+    memory. Max pooling reads that layout with a compiled kernel that also turns it channels-last
+    (:mod:`cnnkit.ops._pool_kernels`); every other op accepts any layout. Streamed a chunk of images
+    at a time like :func:`_streamed_forward`; the bias rides in the GEMM as a row of ones.
+    """
+    n, f = spec.x_shape[0], weights.shape[0]
+    k = weights.shape[1] - 1
+    (oh, ow), per_image = spec.out_hw, spec.out_hw[0] * spec.out_hw[1]
+    cols, chunks = _planar_chunks(spec, k + 1, xp.dtype)
+    cols[k] = 1
+    out = np.empty((f, n * per_image), dtype=xp.dtype)
+    for n0, nb in chunks:
+        chunk = cols[:, : nb * per_image]
+        _planar_unfold(xp, spec, n0, nb, chunk)
+        np.matmul(weights, chunk, out=out[:, n0 * per_image : (n0 + nb) * per_image])
+    return out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
+
+
+def _planar_backward(
+    dy: np.ndarray, cache: _ConvCache, need_dx: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``dW = dY @ [im2col(x)^T; 1]^T`` (the bias gradient as its last column) and, with ``need_dx``,
+    ``dX = col2im(W^T @ dY)``, for ``dY`` planar ``(F, N*OH*OW)``, a chunk of images at a time.
+
+    The chunk's unfolded input is rebuilt from the cached planes (cheaper than keeping it: it is
+    ``KH*KW`` times the input); dX is scattered back one tap plane at a time into a planar
+    ``(C, N, Hp, Wp)`` accumulator. Returns ``(dwmat (F, K + 1), dx or None)``.
+    """
+    spec = cache.spec
+    n, c, h, w = spec.x_shape
+    t, _, l, _ = spec.pad
+    weights = cache.wmat  # (F, K + 1)
+    f, k = weights.shape[0], weights.shape[1] - 1
+    per_image = spec.out_hw[0] * spec.out_hw[1]
+    cols, chunks = _planar_chunks(spec, k + 1, dy.dtype)
+    cols[k] = 1
+    dwmat = np.zeros((f, k + 1), dtype=dy.dtype)
+    part = np.empty_like(dwmat)
+    if need_dx:
+        dcols = np.empty((k, cols.shape[1]), dtype=dy.dtype)
+        dxp = np.zeros(cache.xp.shape, dtype=dy.dtype)
+        w_t = weights[:, :k].T
+        taps = _planar_taps(spec)
+    for n0, nb in chunks:
+        chunk = cols[:, : nb * per_image]
+        dchunk = dy[:, n0 * per_image : (n0 + nb) * per_image]
+        _planar_unfold(cache.xp, spec, n0, nb, chunk)
+        np.matmul(dchunk, chunk.T, out=part)
+        dwmat += part
+        if need_dx:
+            dtaps = dcols[:, : nb * per_image]
+            np.matmul(w_t, dchunk, out=dtaps)
+            for row, (ch, rows, cols_) in enumerate(taps):
+                dxp[ch, n0 : n0 + nb, rows, cols_] += dtaps[row].reshape(nb, *spec.out_hw)
+    if not need_dx:
+        return dwmat, None
+    return dwmat, dxp[:, :, t : t + h, l : l + w].transpose(1, 0, 2, 3)
 
 
 def _streamed_backward(dy: np.ndarray, cache: _ConvCache, kernel) -> tuple[np.ndarray, np.ndarray | None]:
@@ -653,15 +735,19 @@ def conv2d_forward(
         # no copy at all when x already has channels-last memory.
         cols = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * oh * ow, 1, x.shape[1])
         wmat = _weight_matrix(w, g, None)
+    elif g == 1 and x.shape[1] <= _PLANAR_MAX_CHANNELS:
+        # a first layer on grey or RGB images: taps-first GEMM with a planar result, see _planar_forward
+        xp = _pad_planar(x, spec.pad)
+        weights = np.empty((f, w[0].size + 1), dtype=w.dtype)
+        weights[:, :-1] = w.reshape(f, -1)
+        weights[:, -1] = 0 if b is None else b
+        out = _planar_forward(xp, weights, spec)
+        return out, _ConvCache(None, weights, spec, f, b is not None, bool(flip_kernel), False, xp, True)
     elif g == 1:
+        # streamed: im2col and GEMM a chunk of images at a time (the bias rides in as a ones column)
         xp = _pad_channels_last(x, spec.pad)
         wmat = _weight_matrix(w, g, b)
-        if x.shape[1] <= _FEW_CHANNELS:
-            # a first layer on grey images: taps-first GEMM, see _taps_first_forward
-            out = _taps_first_forward(xp, wmat, spec, b is not None)
-        else:
-            # streamed: im2col and GEMM a chunk of images at a time (the bias rides in as a ones column)
-            out = _streamed_forward(xp, wmat, spec, b is not None)
+        out = _streamed_forward(xp, wmat, spec, b is not None)
         out = out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
         return out, _ConvCache(None, wmat, spec, f, b is not None, bool(flip_kernel), False, xp)
     else:
@@ -777,11 +863,17 @@ def conv2d_backward(
             f"{op}: dout must have the output's shape (N, F, OH, OW) = {(n, f, oh, ow)}, got {dout.shape}"
         )
     dtype = cache.dtype
-    dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(n * oh * ow, f)
-
     m, kh, kw = n * oh * ow, *spec.kernel
     cg = spec.x_shape[1] // g
     k = kh * kw * cg
+    if cache.planar:  # dY as (F, N*OH*OW): no copy when dout is planar (what max pooling returns for it)
+        dy_planar = np.ascontiguousarray(dout.transpose(1, 0, 2, 3), dtype=dtype).reshape(f, m)
+        dwmat, dx = _planar_backward(dy_planar, cache, need_dx)
+        dw = dwmat[:, :k].reshape(f, cg, kh, kw)
+        if cache.flip_kernel:
+            dw = dw[:, :, ::-1, ::-1]
+        return dx, np.ascontiguousarray(dw), dwmat[:, k].copy() if cache.has_bias else None
+    dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(m, f)
 
     # dw[g] = dY[:, g]^T @ X[:, g] -> (G, Fg, Kg [+ 1]); with the folded bias the last column is
     # dY^T @ ones = db

@@ -22,7 +22,8 @@ every input position once, with no zero fill or scatter-add. Other cases read st
 A NaN in a window propagates to the max/min output as in PyTorch; its gradient is not routed.
 
 Compiled fast path: when Numba is available (:mod:`cnnkit.ops._jit`), 2x2 stride-2 max pooling of
-channels-last float arrays with many channels (where it was measured to pay) runs as single-pass kernels
+channels-last float arrays with many channels (where it was measured to pay), and of *planar* arrays
+(``(C, N, H, W)`` memory, what a convolution of grey or RGB images returns) runs as single-pass kernels
 (:mod:`cnnkit.ops._pool_kernels`) that give the same values and route gradients to the same positions as
 the NumPy code above, which stays the reference and the fallback. The kernel keeps the window index of
 each maximum (int8) instead of the input, so the backward is one pass and the cache holds no full-size
@@ -267,6 +268,12 @@ class _FastCache:
     arg: np.ndarray
     g: PoolGeometry
     relu: bool = False
+    planar: bool = False  # x had (C, N, H, W) memory: arg is (C, N, OH, OW) and dx is returned planar
+
+
+def _planar(a: np.ndarray) -> bool:
+    """True for an NCHW-shaped array whose memory is ``(C, N, H, W)`` (a few-channel convolution's output)."""
+    return a.ndim == 4 and not a.flags.c_contiguous and a.transpose(1, 0, 2, 3).flags.c_contiguous
 
 
 def _pool_kernels() -> Any:
@@ -275,54 +282,80 @@ def _pool_kernels() -> Any:
     return _pool_kernels
 
 
-def _fast_kernel(x: np.ndarray, g: PoolGeometry) -> Any:
-    """The compiled 2x2 forward kernel when it applies and pays (see :mod:`._pool_kernels`), else None."""
+def _fast_kernel(x: np.ndarray, g: PoolGeometry) -> tuple[Any, bool] | None:
+    """``(kernel, planar)``: the compiled 2x2 forward kernel when it applies and pays (see
+    :mod:`._pool_kernels`), and whether it is the one for planar memory; else None."""
     if not (
         g.kernel == (2, 2)
         and g.stride == (2, 2)
         and g.padding == (0, 0)
         and g.dilation == (1, 1)
         and x.dtype in (np.float32, np.float64)
-        and x.shape[1] >= _pool_kernels().MIN_CHANNELS
         and x.size >= _pool_kernels().MIN_ELEMENTS
-        and _channels_last(x)
         and _jit.numba_available()
     ):
         return None
-    return _pool_kernels().max_pool_2x2_forward_kernel()
+    if _planar(x):
+        return _pool_kernels().max_pool_2x2_planar_forward_kernel(), True
+    if x.shape[1] >= _pool_kernels().MIN_CHANNELS and _channels_last(x):
+        return _pool_kernels().max_pool_2x2_forward_kernel(), False
+    return None
 
 
-def _max_fast_forward(x: np.ndarray, g: PoolGeometry, relu: bool, kernel: Any) -> tuple[np.ndarray, Any]:
+def _max_fast_forward(
+    x: np.ndarray, g: PoolGeometry, relu: bool, fast: tuple[Any, bool]
+) -> tuple[np.ndarray, Any]:
+    """The compiled forward; the output is channels-last (what the next convolution reads)."""
+    kernel, planar = fast
     n, c = x.shape[:2]
     out = _alloc((n, c, *g.out_size), x.dtype, True)
-    arg = np.empty((n, *g.out_size, c), dtype=np.int8)
-    kernel(x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
-    return out, _FastCache("max", x.shape, out, arg, g, relu)
+    if planar:
+        arg = np.empty((c, n, *g.out_size), dtype=x.dtype)  # float indices: see the kernel
+        kernel(x.transpose(1, 0, 2, 3), out.transpose(1, 0, 2, 3), arg, relu)
+    else:
+        arg = np.empty((n, *g.out_size, c), dtype=np.int8)
+        kernel(x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
+    return out, _FastCache("max", x.shape, out, arg, g, relu, planar)
 
 
 def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
+    """dx in the input's layout: channels-last, or planar for a planar input."""
     oh, ow = cache.g.out_size
-    dx = _alloc(cache.x_shape, dout.dtype, True)
+    n, c, h, w = cache.x_shape
+    if cache.planar:
+        dx = np.empty((c, n, h, w), dtype=dout.dtype).transpose(1, 0, 2, 3)
+        axes = (1, 0, 2, 3)  # (C, N, ...) views: what the planar kernel and arg use
+    else:
+        dx = _alloc(cache.x_shape, dout.dtype, True)
+        axes = (0, 2, 3, 1)  # (N, H, W, C) views
     dx[:, :, 2 * oh :, :] = 0  # the row and column the floor rule leaves out (odd sizes)
     dx[:, :, :, 2 * ow :] = 0
-    kernel = _pool_kernels().max_pool_2x2_backward_kernel() if _jit.numba_available() else None
+    if not _jit.numba_available():
+        kernel = None
+    elif cache.planar:
+        kernel = _pool_kernels().max_pool_2x2_planar_backward_kernel()
+    else:
+        kernel = _pool_kernels().max_pool_2x2_backward_kernel()
     if kernel is not None:
         kernel(
-            dout.transpose(0, 2, 3, 1),
-            cache.out.transpose(0, 2, 3, 1),
+            dout.transpose(*axes),
+            cache.out.transpose(*axes),
             cache.arg,
-            dx.transpose(0, 2, 3, 1),
+            dx.transpose(*axes),
             cache.relu,
         )
         return dx
     # Numba switched off between forward and backward (tests do this): the same routing in NumPy
     if cache.relu:
         dout = dout * (cache.out > 0)
-    d = dout.transpose(0, 2, 3, 1)
-    dxv = dx.transpose(0, 2, 3, 1)
+    d = dout.transpose(*axes)
+    dxv = dx.transpose(*axes)
     for t in range(4):
         i, j = divmod(t, 2)
-        dxv[:, i : 2 * oh : 2, j : 2 * ow : 2] = d * (cache.arg == t)
+        if cache.planar:
+            dxv[:, :, i : 2 * oh : 2, j : 2 * ow : 2] = d * (cache.arg == t)
+        else:
+            dxv[:, i : 2 * oh : 2, j : 2 * ow : 2] = d * (cache.arg == t)
     return dx
 
 
@@ -344,9 +377,9 @@ def relu_max_pool2d_forward(
     op = "max_pool2d"
     x = check_array(x, op, ndim=4)
     g = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, op=op, empty_windows_ok=False)
-    kernel = _fast_kernel(x, g)
-    if kernel is not None:
-        return _max_fast_forward(x, g, True, kernel)
+    fast = _fast_kernel(x, g)
+    if fast is not None:
+        return _max_fast_forward(x, g, True, fast)
     pooled, inner = max_pool2d_forward(x, kernel_size, stride, padding, dilation)
     np.maximum(pooled, 0, out=pooled)
     return pooled, ("relu_max", inner, pooled)
@@ -377,9 +410,9 @@ def _extreme_forward(
     x = check_array(x, op, ndim=4)
     g = pool_geometry(x.shape[2:], kernel_size, stride, padding, dilation, op=op, empty_windows_ok=False)
     if kind == "max":
-        kernel = _fast_kernel(x, g)
-        if kernel is not None:
-            return _max_fast_forward(x, g, False, kernel)
+        fast = _fast_kernel(x, g)
+        if fast is not None:
+            return _max_fast_forward(x, g, False, fast)
     ufunc, fill = _EXTREME[kind]
     xp = _pad(x, g.padding, fill)
     row_best = _reduce([_cols(xp, g, j) for j in range(g.kernel[1])], ufunc)  # (N, C, Hp, OW)
