@@ -129,3 +129,89 @@ def test_keep_freed_memory_is_idempotent():
     first = keep_freed_memory()
     assert isinstance(first, bool)
     assert keep_freed_memory() is first
+
+
+def _planar(x: np.ndarray) -> np.ndarray:
+    """``x`` with (C, N, H, W) memory: what a convolution of grey or RGB images returns."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (28, 28), (6, 33), (4, 34)])
+@pytest.mark.parametrize("fused", [False, True])
+def test_planar_max_pool_kernel_equals_reference(monkeypatch, dtype, hw, fused):
+    """Planar input: whole-vector rows (OW 16), padded rows (OW 3, 14), odd sizes, ties, infinities."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6, *hw)).astype(dtype)
+    x[0, :, :2, :2] = 0.5  # a tie in every channel of one window: the first tap wins
+    x[1, :, :2, :2] = -0.5  # a negative maximum: ReLU zeroes it
+    x[2, 1, 1, 1] = np.inf
+    x[2, 2, 0, 0] = -np.inf
+    x = _planar(x)
+    fwd, bwd = (
+        (P.relu_max_pool2d_forward, P.relu_max_pool2d_backward)
+        if fused
+        else (P.max_pool2d_forward, P.max_pool2d_backward)
+    )
+    out, cache = fwd(x, 2)
+    assert isinstance(cache, P._FastCache) and cache.planar
+    assert out.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last, for the next convolution
+    dy = rng.standard_normal(out.shape).astype(dtype)
+    dx = bwd(dy, cache)
+    assert dx.transpose(1, 0, 2, 3).flags.c_contiguous  # planar, for the convolution's backward
+    for other in (np.ascontiguousarray(dy), _channels_last(dy), _planar(dy)):
+        np.testing.assert_array_equal(bwd(other, cache), dx)
+    x_in = np.maximum(x, 0) if fused else x
+    ref_out, ref_cache = _reference(P.max_pool2d_forward, monkeypatch, np.ascontiguousarray(x_in), 2)
+    ref_dx = _reference(P.max_pool2d_backward, monkeypatch, dy, ref_cache)
+    if fused:
+        ref_dx = ref_dx * (x > 0)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(dx, ref_dx)
+    _set_numba(monkeypatch, False)  # Numba switched off between forward and backward: same routing
+    np.testing.assert_array_equal(bwd(dy, cache), dx)
+
+
+def test_planar_convolution_feeds_the_planar_pooling_kernels():
+    """conv (3 channels: planar) -> ReLU -> MaxPool2D in a model: same as the layers run unfused."""
+    layers = [Conv2D(8, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(4)]
+    model = Sequential(layers, input_shape=(3, 14, 14), seed=0, dtype=np.float64)
+    x = np.random.default_rng(6).standard_normal((5, 3, 14, 14))
+    dy = np.random.default_rng(7).standard_normal((5, 4))
+    out = model.forward(x, True)
+    kind, pool_cache = layers[2]._cache  # ("relu", cache): the fused ReLU + max pooling
+    assert kind == "relu" and pool_cache.planar
+    dx = model.backward(dy)
+    grads = {k: v.copy() for k, v in layers[0].grads.items()}
+    h = x
+    for layer in layers:
+        h = layer.forward(h, True)
+    d = dy
+    for layer in reversed(layers):
+        d = layer.backward(d)
+    np.testing.assert_allclose(out, h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, d, rtol=1e-12, atol=1e-12)
+    for key, value in layers[0].grads.items():
+        np.testing.assert_allclose(grads[key], value, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["planar", "channels_last"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_compiled_max_pool_kernels_nan(fused, layout):
+    """A NaN propagates to the window's output (fused too, as relu then max pooling gives); the window's
+    gradient goes to its first NaN, or nowhere after the fused ReLU (whose derivative there is 0)."""
+    x = np.arange(2 * 16 * 4 * 6, dtype=np.float32).reshape(2, 16, 4, 6)
+    x[1, 2, 0, 3] = np.nan  # window (0, 1): taps (0, 2) (0, 3) (1, 2) (1, 3) -> the second tap
+    x[1, 2, 1, 2] = np.nan
+    x = _planar(x) if layout == "planar" else _channels_last(x)
+    fwd, bwd = (
+        (P.relu_max_pool2d_forward, P.relu_max_pool2d_backward)
+        if fused
+        else (P.max_pool2d_forward, P.max_pool2d_backward)
+    )
+    out, cache = fwd(x, 2)
+    assert cache.planar == (layout == "planar")
+    assert np.isnan(out[1, 2, 0, 1]) and np.isnan(out).sum() == 1
+    dx = bwd(np.ones_like(out), cache)
+    assert dx[1, 2, 0, 3] == (0 if fused else 1) and dx[1, 2, 1, 2] == 0 and dx[1, 2, 1, 3] == 0
+    assert dx.sum() == out.size - fused  # one gradient per window (positive maxima: ReLU passes them)

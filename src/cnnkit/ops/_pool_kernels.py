@@ -69,7 +69,7 @@ def max_pool_2x2_forward_kernel(numba: Any) -> Any:
                         if (v > best) | ((v != v) & (best == best)):
                             best = v
                             t = 3
-                        if relu and not best > zero:
+                        if relu and best <= zero:  # a NaN stays NaN, as np.maximum(x, 0) keeps it
                             best = zero
                         orow[ox * c_ + c] = best
                         arow[ox * c_ + c] = t
@@ -161,7 +161,7 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
                         best = v if take else best
                         t = three if take else t
                         if relu:
-                            best = best if best > zero else zero
+                            best = zero if best <= zero else best  # a NaN stays NaN
                         prow[ox] = best
                         trow[ox] = t
                 plane = arg[c, n]
