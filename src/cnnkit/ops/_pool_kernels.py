@@ -118,7 +118,8 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
     each measured on the project machine: operands of one width (float tap indices instead of int8:
     the backward 3.9 -> 1.4 ms on 64x32x32x32), selects instead of data-dependent branches, and a whole
     number of vectors per row (OW = 14, LeNet-5's, ran 10x slower than OW = 16 through the scalar
-    remainder loop: such rows go through zero-padded scratch rows). One image at a time: pooled plane
+    remainder loop), so every input row pair is first copied into scratch rows padded to whole vectors
+    (the copy costs less than it saves, on whole-vector rows too). One image at a time: pooled plane
     by plane into a small buffer, then written channels-last; the buffer's rows are padded so that
     its planes do not map to the same cache sets (17 -> 9 ms on 32x32x128x128).
     """

@@ -26,8 +26,9 @@ channels-last float arrays with many channels (where it was measured to pay), an
 (``(C, N, H, W)`` memory, what a convolution of grey or RGB images returns) runs as single-pass kernels
 (:mod:`cnnkit.ops._pool_kernels`) that give the same values and route gradients to the same positions as
 the NumPy code above, which stays the reference and the fallback. The kernel keeps the window index of
-each maximum (int8) instead of the input, so the backward is one pass and the cache holds no full-size
-array. :func:`relu_max_pool2d_forward` fuses a preceding ReLU:
+each maximum (int8; in the data's float dtype for planar input, see the kernels) instead of the input,
+so the backward is one pass and the cache holds no full-size array. :func:`relu_max_pool2d_forward`
+fuses a preceding ReLU:
 ``max_pool(relu(x)) == relu(max_pool(x))`` because ReLU is monotone, so the ReLU runs on the 4x smaller
 pooled output and its mask on the pooled gradient.
 """
