@@ -98,10 +98,19 @@ def test_sequential_fuses_relu_and_max_pool_exactly(monkeypatch, numba_on):
     model = Sequential(layers, input_shape=(3, 8, 8), seed=0, dtype=np.float64)
     x = np.random.default_rng(3).standard_normal((4, 3, 8, 8))
     dy = np.random.default_rng(4).standard_normal((4, 5))
+    _assert_model_equals_unfused_layers(model, layers, x, dy)
+
+
+def _assert_model_equals_unfused_layers(model, layers, x, dy, check=None) -> None:
+    """The model's forward/backward (ReLU + max pooling fused) equal its layers run one by one.
+
+    ``check(layers)`` runs right after the model's forward pass (to inspect the fused caches).
+    """
     out = model.forward(x, True)
+    if check is not None:
+        check(layers)
     dx = model.backward(dy)
     grads = {k: v.copy() for k, v in layers[0].grads.items()}
-    # the same layers run one by one, unfused
     h = x
     for layer in layers:
         h = layer.forward(h, True)
@@ -178,21 +187,12 @@ def test_planar_convolution_feeds_the_planar_pooling_kernels():
     model = Sequential(layers, input_shape=(3, 14, 14), seed=0, dtype=np.float64)
     x = np.random.default_rng(6).standard_normal((5, 3, 14, 14))
     dy = np.random.default_rng(7).standard_normal((5, 4))
-    out = model.forward(x, True)
-    kind, pool_cache = layers[2]._cache  # ("relu", cache): the fused ReLU + max pooling
-    assert kind == "relu" and pool_cache.planar
-    dx = model.backward(dy)
-    grads = {k: v.copy() for k, v in layers[0].grads.items()}
-    h = x
-    for layer in layers:
-        h = layer.forward(h, True)
-    d = dy
-    for layer in reversed(layers):
-        d = layer.backward(d)
-    np.testing.assert_allclose(out, h, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, d, rtol=1e-12, atol=1e-12)
-    for key, value in layers[0].grads.items():
-        np.testing.assert_allclose(grads[key], value, rtol=1e-12, atol=1e-12)
+
+    def planar_pooling(layers):
+        kind, pool_cache = layers[2]._cache  # ("relu", cache): the fused ReLU + max pooling
+        assert kind == "relu" and pool_cache.planar
+
+    _assert_model_equals_unfused_layers(model, layers, x, dy, check=planar_pooling)
 
 
 @pytest.mark.parametrize("layout", ["planar", "channels_last"])
