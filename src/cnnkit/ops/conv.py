@@ -555,21 +555,22 @@ def _planar_taps(spec: _Spec) -> list[tuple[int, slice, slice]]:
     ]
 
 
-def _planar_chunks(spec: _Spec, rows: int, dtype: np.dtype) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """A ``(rows, images * OH * OW)`` buffer for a chunk of whole images (about ``_CHUNK_BYTES``), and
-    the ``(first image, images)`` of every chunk."""
+def _planar_columns(spec: _Spec, k: int, dtype: np.dtype) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The ``(K + 1, images * OH * OW)`` columns buffer of the planar path, its last row all ones (the
+    bias input), sized by :func:`_chunk_images`; and the ``(first image, images)`` of every chunk."""
     n = spec.x_shape[0]
-    per_image = spec.out_hw[0] * spec.out_hw[1]
-    images = max(1, min(n, _CHUNK_BYTES // max(1, rows * per_image * dtype.itemsize)))
-    buf = np.empty((rows, images * per_image), dtype=dtype)
-    return buf, [(n0, min(images, n - n0)) for n0 in range(0, n, images)]
+    images = _chunk_images(spec, k + 1, dtype.itemsize)
+    cols = np.empty((k + 1, images * spec.out_hw[0] * spec.out_hw[1]), dtype=dtype)
+    cols[k] = 1
+    return cols, [(n0, min(images, n - n0)) for n0 in range(0, n, images)]
 
 
-def _planar_unfold(xp: np.ndarray, spec: _Spec, n0: int, nb: int, cols: np.ndarray) -> None:
-    """im2col transposed, for images ``n0 : n0 + nb``: row ``k`` of ``cols`` is tap ``k``'s input plane."""
+def _planar_unfold(xp: np.ndarray, taps: list, spec: _Spec, n0: int, nb: int, cols: np.ndarray) -> None:
+    """im2col transposed, for images ``n0 : n0 + nb``: row ``k`` of ``cols`` is tap ``k``'s input plane
+    (``taps`` from :func:`_planar_taps`)."""
     oh, ow = spec.out_hw
     images = slice(n0, n0 + nb)
-    for k, (c, rows, cols_) in enumerate(_planar_taps(spec)):
+    for k, (c, rows, cols_) in enumerate(taps):
         cols[k].reshape(nb, oh, ow)[...] = xp[c, images, rows, cols_]
 
 
@@ -588,12 +589,12 @@ def _planar_forward(xp: np.ndarray, weights: np.ndarray, spec: _Spec) -> np.ndar
     n, f = spec.x_shape[0], weights.shape[0]
     k = weights.shape[1] - 1
     (oh, ow), per_image = spec.out_hw, spec.out_hw[0] * spec.out_hw[1]
-    cols, chunks = _planar_chunks(spec, k + 1, xp.dtype)
-    cols[k] = 1
+    cols, chunks = _planar_columns(spec, k, xp.dtype)
+    taps = _planar_taps(spec)
     out = np.empty((f, n * per_image), dtype=xp.dtype)
     for n0, nb in chunks:
         chunk = cols[:, : nb * per_image]
-        _planar_unfold(xp, spec, n0, nb, chunk)
+        _planar_unfold(xp, taps, spec, n0, nb, chunk)
         np.matmul(weights, chunk, out=out[:, n0 * per_image : (n0 + nb) * per_image])
     return out.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)
 
@@ -609,24 +610,23 @@ def _planar_backward(
     ``(C, N, Hp, Wp)`` accumulator. Returns ``(dwmat (F, K + 1), dx or None)``.
     """
     spec = cache.spec
-    n, c, h, w = spec.x_shape
+    _, _, h, w = spec.x_shape
     t, _, l, _ = spec.pad
     weights = cache.wmat  # (F, K + 1)
     f, k = weights.shape[0], weights.shape[1] - 1
     per_image = spec.out_hw[0] * spec.out_hw[1]
-    cols, chunks = _planar_chunks(spec, k + 1, dy.dtype)
-    cols[k] = 1
+    cols, chunks = _planar_columns(spec, k, dy.dtype)
+    taps = _planar_taps(spec)
     dwmat = np.zeros((f, k + 1), dtype=dy.dtype)
     part = np.empty_like(dwmat)
     if need_dx:
         dcols = np.empty((k, cols.shape[1]), dtype=dy.dtype)
         dxp = np.zeros(cache.xp.shape, dtype=dy.dtype)
         w_t = weights[:, :k].T
-        taps = _planar_taps(spec)
     for n0, nb in chunks:
         chunk = cols[:, : nb * per_image]
         dchunk = dy[:, n0 * per_image : (n0 + nb) * per_image]
-        _planar_unfold(cache.xp, spec, n0, nb, chunk)
+        _planar_unfold(cache.xp, taps, spec, n0, nb, chunk)
         np.matmul(dchunk, chunk.T, out=part)
         dwmat += part
         if need_dx:
