@@ -73,6 +73,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError, DTypeError, ShapeError
+from . import winograd
 from ._args import Padding4, Pair, check_array, is_int, pair
 from ._conv_kernels import col2im_rows_kernel
 
@@ -425,6 +426,7 @@ class _ConvCache(NamedTuple):
     xp: np.ndarray | None = None  # streamed path: the zero-padded input, channels-last memory;
     # planar path: the zero-padded input as (C, N, Hp, Wp)
     planar: bool = False  # the few-channel path: wmat is (F, K + 1), taps in (c, kh, kw) order
+    winograd: bool = False  # the forward pass ran Winograd F(4x4, 3x3); xp is padded for its tiles
 
     @property
     def dtype(self) -> np.dtype:
@@ -749,12 +751,22 @@ def conv2d_forward(
         out = _planar_forward(xp, weights, spec)
         return out, _ConvCache(None, weights, spec, f, b is not None, bool(flip_kernel), False, xp, True)
     elif g == 1:
-        # streamed: im2col and GEMM a chunk of images at a time (the bias rides in as a ones column)
-        xp = _pad_channels_last(x, spec.pad)
         wmat = _weight_matrix(w, g, b)
-        out = _streamed_forward(xp, wmat, spec, b is not None)
-        out = out.reshape(n, oh, ow, f).transpose(0, 3, 1, 2)
-        return out, _ConvCache(None, wmat, spec, f, b is not None, bool(flip_kernel), False, xp)
+        use_winograd = winograd.applies(x.shape, f, spec.kernel, spec.stride, spec.dilation, g)
+        if use_winograd:
+            # 3x3, stride 1, enough channels: Winograd F(4x4, 3x3), see cnnkit.ops.winograd
+            xp = _pad_channels_last(x, winograd.padding(spec.pad, spec.out_hw))
+            out = winograd.winograd_conv(
+                xp.transpose(0, 2, 3, 1), winograd.transform_weights(w), b, spec.out_hw
+            )
+        else:
+            # streamed: im2col and GEMM a chunk of images at a time (the bias rides in as a ones column)
+            xp = _pad_channels_last(x, spec.pad)
+            out = _streamed_forward(xp, wmat, spec, b is not None).reshape(n, oh, ow, f)
+        cache = _ConvCache(
+            None, wmat, spec, f, b is not None, bool(flip_kernel), False, xp, winograd=use_winograd
+        )
+        return out.transpose(0, 3, 1, 2), cache
     else:
         # the bias rides in the GEMM as a ones column: no separate pass over the output
         cols = _unfold(_pad_channels_last(x, spec.pad), spec, ones_column=b is not None)
@@ -839,6 +851,19 @@ def _input_grad_compiled(dy: np.ndarray, cache: _ConvCache, kernel) -> np.ndarra
     return dxp.reshape(n, hp, wp, c)[:, t : t + h, l : l + w].transpose(0, 3, 1, 2)
 
 
+def _input_grad_winograd(dout: np.ndarray, cache: _ConvCache) -> np.ndarray:
+    """dX of a 3x3 stride-1 convolution as a Winograd convolution of ``dout`` padded by ``2 - pad``
+    (see :func:`cnnkit.ops.winograd.input_grad_weights`); padding up to 2 on every side."""
+    spec = cache.spec
+    _, c, h, w = spec.x_shape
+    t, b, l, r = spec.pad
+    dyp = _pad_channels_last(
+        dout.astype(cache.dtype, copy=False), winograd.padding((2 - t, 2 - b, 2 - l, 2 - r), (h, w))
+    )
+    u = winograd.input_grad_weights(cache.wmat[0, : 9 * c].reshape(3, 3, c, cache.filters))
+    return winograd.winograd_conv(dyp.transpose(0, 2, 3, 1), u, None, (h, w)).transpose(0, 3, 1, 2)
+
+
 def conv2d_backward(
     dout: np.ndarray, cache: _ConvCache, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
@@ -882,7 +907,8 @@ def conv2d_backward(
 
     # dw[g] = dY[:, g]^T @ X[:, g] -> (G, Fg, Kg [+ 1]); with the folded bias the last column is
     # dY^T @ ones = db
-    kernel = None if cache.pointwise or not need_dx else col2im_rows_kernel()
+    winograd_dx = need_dx and cache.winograd and max(spec.pad) <= 2
+    kernel = None if cache.pointwise or not need_dx or winograd_dx else col2im_rows_kernel()
     dx = None
     if cache.cols is None:  # streamed (one group): dw, and dx with the compiled kernel, in one pass
         dwmat, dx = _streamed_backward(dy, cache, kernel)
@@ -901,7 +927,9 @@ def conv2d_backward(
     dw = np.ascontiguousarray(dw)
 
     # dX = col2im(dY @ W): each tap's (M, C) slab, scattered back to the pixels it was read from
-    if dx is None and need_dx:
+    if winograd_dx:
+        dx = _input_grad_winograd(dout, cache)
+    elif dx is None and need_dx:
         dx = _input_grad(dy, cache) if kernel is None else _input_grad_compiled(dy, cache, kernel)
     return dx, dw, db
 
