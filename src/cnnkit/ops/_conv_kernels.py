@@ -1,7 +1,7 @@
 """Compiled (Numba) kernels of the convolution's backward pass, with the layout they expect.
 
-Only the training path uses these: the forward pass stays NumPy, so inference never imports Numba
-(``cnnkit predict`` start-up). Each getter returns the compiled kernel, or None when Numba is missing
+Only the training path uses these (col2im is the input gradient), so inference never imports Numba
+for them (``cnnkit predict`` start-up). Each getter returns the compiled kernel, or None when Numba is missing
 or ``CNNKIT_NO_NUMBA=1`` is set; :mod:`cnnkit.ops.conv` then takes its NumPy path, which computes the
 same sums (the tests run both).
 
