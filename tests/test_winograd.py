@@ -194,3 +194,23 @@ def test_a_nan_input_is_not_hidden(small_inputs_too):
 
 def test_kernels_are_compiled():
     assert winograd_input_kernel() is not None and winograd_output_kernel() is not None
+
+
+def test_numba_switched_off_between_forward_and_backward(small_inputs_too, monkeypatch):
+    """The backward pass falls back to im2col/col2im on the same cache."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 16, 7, 6))
+    w = rng.standard_normal((17, 16, 3, 3))
+    b = rng.standard_normal(17)
+    out, cache = conv2d_forward(x, w, b, padding=1)
+    assert cache.winograd
+    dout = rng.standard_normal(out.shape)
+    monkeypatch.setenv("CNNKIT_NO_NUMBA", "1")
+    numba_available.cache_clear()
+    try:
+        got = conv2d_backward(dout, cache)
+    finally:
+        monkeypatch.delenv("CNNKIT_NO_NUMBA")
+        numba_available.cache_clear()
+    for g, e in zip(got, conv2d_backward_reference(dout, x, w, b, padding=1), strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10)

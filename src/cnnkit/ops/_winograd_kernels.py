@@ -22,7 +22,7 @@ import numpy as np
 
 from ._jit import lazy_kernel
 
-__all__ = ["winograd_input_kernel", "winograd_output_kernel"]
+__all__ = ["winograd_input_kernel", "winograd_output_kernel", "winograd_output_grad_kernel"]
 
 
 @lazy_kernel
@@ -163,5 +163,87 @@ def winograd_output_kernel(numba: Any) -> Any:
                     row = img[y0 + 3]
                     for k in range(lim):
                         row[k] = (s1[k] - s2[k]) + eight * (s3[k] - s4[k]) + s5[k] + brow[k]
+
+    return kernel
+
+
+@lazy_kernel
+def winograd_output_grad_kernel(numba: Any) -> Any:
+    """``kernel(dy, dm, n0, th, tw)``: ``dM = A dY A^T`` of every 4x4 tile of the output gradient.
+
+    The adjoint of :func:`winograd_output_kernel` (``Y = A^T M A``), used for the weight gradient.
+    ``dy`` ``(N, OH, OW, F)`` is C-contiguous (channels-last); ``dm`` ``(nb*th*tw, 36, F)`` receives,
+    for tile ``(ty, tx)`` of image ``n0 + b``, the 6x6 transform of ``dy[n0 + b, 4*ty : 4*ty + 4,
+    4*tx : 4*tx + 4]`` (zeros past ``OH x OW``). ``A`` rows: ``[1, 0, 0, 0]``, ``[1, 1, 1, 1]``,
+    ``[1, -1, 1, -1]``, ``[1, 2, 4, 8]``, ``[1, -2, 4, -8]``, ``[0, 0, 0, 1]``.
+    """
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def kernel(dy, dm, n0, th, tw):  # pragma: no cover - compiled
+        oh_, ow_, f_ = dy.shape[1], dy.shape[2], dy.shape[3]
+        rows = dm.shape[0]
+        nb = rows // (th * tw)
+        wid = 4 * tw * f_
+        lim = ow_ * f_
+        src = np.zeros((4, wid), dtype=dy.dtype)  # four output-gradient rows, zero past OW (and OH)
+        rt = np.empty((6, wid), dtype=dy.dtype)  # after the row stage, A dY
+        y0_, y1_, y2_, y3_ = src[0], src[1], src[2], src[3]
+        t0, t1, t2, t3, t4, t5 = rt[0], rt[1], rt[2], rt[3], rt[4], rt[5]
+        two, four, eight = dy.dtype.type(2), dy.dtype.type(4), dy.dtype.type(8)
+        dm2 = dm.reshape(rows, 36 * f_)
+        for b in range(nb):
+            img = dy[n0 + b].reshape(oh_, lim)
+            for ty in range(th):
+                for r in range(4):
+                    row = src[r, :lim]
+                    if 4 * ty + r < oh_:
+                        line = img[4 * ty + r]
+                        for k in range(lim):
+                            row[k] = line[k]
+                    else:
+                        for k in range(lim):
+                            row[k] = 0
+                for k in range(wid):
+                    t0[k] = y0_[k]
+                for k in range(wid):
+                    t1[k] = (y0_[k] + y2_[k]) + (y1_[k] + y3_[k])
+                for k in range(wid):
+                    t2[k] = (y0_[k] + y2_[k]) - (y1_[k] + y3_[k])
+                for k in range(wid):
+                    t3[k] = (y0_[k] + four * y2_[k]) + (two * y1_[k] + eight * y3_[k])
+                for k in range(wid):
+                    t4[k] = (y0_[k] + four * y2_[k]) - (two * y1_[k] + eight * y3_[k])
+                for k in range(wid):
+                    t5[k] = y3_[k]
+                first = (b * th + ty) * tw
+                for tx in range(tw):
+                    tile = dm2[first + tx]
+                    for i in range(6):
+                        part = rt[i, 4 * tx * f_ : (4 * tx + 4) * f_]
+                        a0, a1, a2, a3 = (
+                            part[0:f_],
+                            part[f_ : 2 * f_],
+                            part[2 * f_ : 3 * f_],
+                            part[3 * f_ : 4 * f_],
+                        )
+                        e = 6 * i * f_
+                        o = tile[e : e + f_]
+                        for f in range(f_):
+                            o[f] = a0[f]
+                        o = tile[e + f_ : e + 2 * f_]
+                        for f in range(f_):
+                            o[f] = (a0[f] + a2[f]) + (a1[f] + a3[f])
+                        o = tile[e + 2 * f_ : e + 3 * f_]
+                        for f in range(f_):
+                            o[f] = (a0[f] + a2[f]) - (a1[f] + a3[f])
+                        o = tile[e + 3 * f_ : e + 4 * f_]
+                        for f in range(f_):
+                            o[f] = (a0[f] + four * a2[f]) + (two * a1[f] + eight * a3[f])
+                        o = tile[e + 4 * f_ : e + 5 * f_]
+                        for f in range(f_):
+                            o[f] = (a0[f] + four * a2[f]) - (two * a1[f] + eight * a3[f])
+                        o = tile[e + 5 * f_ : e + 6 * f_]
+                        for f in range(f_):
+                            o[f] = a3[f]
 
     return kernel

@@ -79,6 +79,7 @@ from ..errors import ConfigError, DTypeError, ShapeError
 from . import winograd
 from ._args import Padding4, Pair, check_array, is_int, pair
 from ._conv_kernels import col2im_rows_kernel
+from ._jit import numba_available
 
 __all__ = [
     "conv_output_size",
@@ -867,6 +868,27 @@ def _input_grad_winograd(dout: np.ndarray, cache: _ConvCache) -> np.ndarray:
     return winograd.winograd_conv(dyp.transpose(0, 2, 3, 1), u, None, (h, w)).transpose(0, 3, 1, 2)
 
 
+def _winograd_backward(
+    dout: np.ndarray, dy: np.ndarray, cache: _ConvCache, need_dx: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """:func:`conv2d_backward` after a Winograd forward pass: ``dw`` by the forward's adjoint
+    (:func:`cnnkit.ops.winograd.winograd_weight_grad`), ``db = ones @ dY``, ``dx`` as a Winograd
+    convolution of ``dout`` (padding up to 2; col2im beyond)."""
+    spec = cache.spec
+    n, (oh, ow), f = spec.x_shape[0], spec.out_hw, cache.filters
+    dw = winograd.winograd_weight_grad(cache.xp.transpose(0, 2, 3, 1), dy.reshape(n, oh, ow, f))
+    if cache.flip_kernel:
+        dw = np.ascontiguousarray(dw[:, :, ::-1, ::-1])
+    db = np.ones(dy.shape[0], dtype=dy.dtype) @ dy if cache.has_bias else None
+    if not need_dx:
+        dx = None
+    elif max(spec.pad) <= 2:
+        dx = _input_grad_winograd(dout, cache)
+    else:
+        dx = _input_grad_compiled(dy, cache, col2im_rows_kernel())
+    return dx, dw, db
+
+
 def conv2d_backward(
     dout: np.ndarray, cache: _ConvCache, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
@@ -908,10 +930,13 @@ def conv2d_backward(
         return dx, np.ascontiguousarray(dw), dwmat[:, k].copy() if cache.has_bias else None
     dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(m, f)
 
+    if cache.winograd and numba_available():  # after a Winograd forward pass: its adjoint gives dw
+        # (Numba switched off since, as tests do: the streamed path below reads the same cache)
+        return _winograd_backward(dout, dy, cache, need_dx)
+
     # dw[g] = dY[:, g]^T @ X[:, g] -> (G, Fg, Kg [+ 1]); with the folded bias the last column is
     # dY^T @ ones = db
-    winograd_dx = need_dx and cache.winograd and max(spec.pad) <= 2
-    kernel = None if cache.pointwise or not need_dx or winograd_dx else col2im_rows_kernel()
+    kernel = None if cache.pointwise or not need_dx else col2im_rows_kernel()
     dx = None
     if cache.cols is None:  # streamed (one group): dw, and dx with the compiled kernel, in one pass
         dwmat, dx = _streamed_backward(dy, cache, kernel)
@@ -930,9 +955,7 @@ def conv2d_backward(
     dw = np.ascontiguousarray(dw)
 
     # dX = col2im(dY @ W): each tap's (M, C) slab, scattered back to the pixels it was read from
-    if winograd_dx:
-        dx = _input_grad_winograd(dout, cache)
-    elif dx is None and need_dx:
+    if dx is None and need_dx:
         dx = _input_grad(dy, cache) if kernel is None else _input_grad_compiled(dy, cache, kernel)
     return dx, dw, db
 

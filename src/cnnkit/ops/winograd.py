@@ -34,9 +34,16 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import numba_available
-from ._winograd_kernels import winograd_input_kernel, winograd_output_kernel
+from ._winograd_kernels import winograd_input_kernel, winograd_output_grad_kernel, winograd_output_kernel
 
-__all__ = ["applies", "padding", "transform_weights", "input_grad_weights", "winograd_conv"]
+__all__ = [
+    "applies",
+    "padding",
+    "transform_weights",
+    "input_grad_weights",
+    "winograd_conv",
+    "winograd_weight_grad",
+]
 
 #: Fewest input channels and filters: the 36 GEMMs have inner size C (and dx's, F).
 MIN_CHANNELS = 16
@@ -138,3 +145,34 @@ def winograd_conv(
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
         transform_out(m, out, bias, n0, th, tw)
     return out
+
+
+def winograd_weight_grad(xp: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """``dW`` ``(F, C, 3, 3)`` of :func:`winograd_conv` for the output gradient ``dy`` (N, OH, OW, F).
+
+    The adjoint of the forward pass with respect to the filters: the forward is
+    ``Y = A^T [U * V] A`` per tile with ``U = G g G^T``, so ``dU[e] = sum_tiles V[e]^T @ dM[e]`` with
+    ``dM = A dY A^T`` per 4x4 output-gradient tile (36 GEMMs whose inner size is the number of
+    tiles), and ``dg = G^T dU G``. ``xp`` is the padded input of the forward pass (channels-last,
+    C-contiguous, as :func:`padding` says) and ``dy`` is C-contiguous. A chunk of images at a time.
+    """
+    n, _, _, c = xp.shape
+    _, oh, ow, f = dy.shape
+    th, tw = -(-oh // 4), -(-ow // 4)
+    tiles = th * tw
+    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
+    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
+    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
+    du = np.zeros((36, c, f), dtype=xp.dtype)
+    part = np.empty_like(du)
+    transform_in, transform_grad = winograd_input_kernel(), winograd_output_grad_kernel()
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        v = v_buf[: nb * tiles * 36 * c].reshape(nb * tiles, 36, c)
+        dm = m_buf[: nb * tiles * 36 * f].reshape(nb * tiles, 36, f)
+        transform_in(xp, v, n0, th, tw)
+        transform_grad(dy, dm, n0, th, tw)
+        np.matmul(v.transpose(1, 2, 0), dm.transpose(1, 0, 2), out=part)
+        du += part
+    taps = _GG.T.astype(xp.dtype) @ du.reshape(36, c * f)  # [(i, j), c, f]
+    return np.ascontiguousarray(taps.reshape(3, 3, c, f).transpose(3, 2, 0, 1))
