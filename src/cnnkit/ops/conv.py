@@ -60,7 +60,7 @@ once; the cache keeps the padded input, and the backward pass unfolds each chunk
 ``dw`` and, when Numba is available, scatters that chunk's ``dY @ W`` into ``dx`` with a compiled
 kernel (:mod:`cnnkit.ops._conv_kernels`) in the same pass. A 3x3 stride-1 convolution with at least
 16 input channels and filters runs Winograd's F(4x4, 3x3) instead (:mod:`cnnkit.ops.winograd`: 4x
-fewer multiplications, compiled transforms), forward and ``dx``; ``dw`` stays the im2col GEMM. Small
+fewer multiplications, compiled transforms) for the forward pass, ``dx`` and ``dw``. Small
 inputs (one image in ``cnnkit predict``) stay on the NumPy paths, so they never import Numba. Every
 array returned (``out``, ``dx``, ``dw``, ``db``) is freshly
 allocated: results kept from earlier calls are never overwritten; only the chunk buffers are internal.
