@@ -22,6 +22,7 @@ from finite_differences import numeric_grad
 @pytest.fixture
 def small_inputs_too(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
 
 
 def _tol(dtype, ref: np.ndarray) -> dict:
@@ -76,6 +77,7 @@ def test_matches_the_loop_reference(n, c, f, h, w, padding, bias, flip, dtype, s
         return  # no output: the geometry error is tested elsewhere
     mp = pytest.MonkeyPatch()
     mp.setattr(winograd, "MIN_ELEMENTS", 0)
+    mp.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
     try:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -214,3 +216,13 @@ def test_numba_switched_off_between_forward_and_backward(small_inputs_too, monke
         numba_available.cache_clear()
     for g, e in zip(got, conv2d_backward_reference(dout, x, w, b, padding=1), strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10)
+
+
+def test_few_tiles_for_many_channels_take_the_im2col_path():
+    """ResNet's last stage on 4x4 images: one tile per image is too few for 512 channels."""
+    x = np.zeros((64, 512, 4, 4), np.float32)
+    w = np.zeros((512, 512, 3, 3), np.float32)
+    args = ((3, 3), (1, 1), (1, 1), 1, (4, 4))
+    assert not winograd.applies(x.shape, 512, *args)
+    assert winograd.applies((256, 512, 4, 4), 512, *args) == numba_available()
+    assert not conv2d_forward(x, w, None, padding=1)[1].winograd  # 524,288 elements: not too small

@@ -756,7 +756,7 @@ def conv2d_forward(
         return out, _ConvCache(None, weights, spec, f, b is not None, bool(flip_kernel), False, xp, True)
     elif g == 1:
         wmat = _weight_matrix(w, g, b)
-        use_winograd = winograd.applies(x.shape, f, spec.kernel, spec.stride, spec.dilation, g)
+        use_winograd = winograd.applies(x.shape, f, spec.kernel, spec.stride, spec.dilation, g, spec.out_hw)
         if use_winograd:
             # 3x3, stride 1, enough channels: Winograd F(4x4, 3x3), see cnnkit.ops.winograd
             xp = _pad_channels_last(x, winograd.padding(spec.pad, spec.out_hw))
