@@ -12,7 +12,8 @@ For each network it builds the cnnkit zoo model, its PyTorch twin with a copy of
 - inference (a forward pass in inference mode; ``torch.inference_mode`` for PyTorch),
 
 for cnnkit and for PyTorch in both NCHW and ``channels_last`` layouts. Timing alternates between the
-libraries in rounds so that both see the same machine conditions (this host is shared and noisy), and
+libraries in rounds so that both see the same machine conditions (this host is shared and noisy), each
+turn starting with one untimed step (the other library's worker threads are still spinning then), and
 reports medians. The ratio is cnnkit / PyTorch at its faster layout (> 1 means cnnkit is faster).
 
 Peak memory of a training step is measured in a fresh subprocess per library: after one warm-up step
@@ -137,6 +138,10 @@ def measure(name: str, batch: int, rounds: int, steps: int) -> dict:
     for _ in range(rounds):
         for key, (train, infer) in contenders.items():
             model.train()
+            # one untimed step first: the library that ran before leaves worker threads spinning
+            # (OpenMP's, OpenBLAS's) for a while, and the first step after a switch ran up to 2x
+            # slower for either library (measured: PyTorch 10.5 -> 21.9 ms right after cnnkit)
+            train()
             times[key]["train"] += [_timed(train) for _ in range(steps)]
             times[key]["infer"] += [_timed(infer) for _ in range(steps)]
     model.train()
