@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ConfigError, ShapeError, TrainingError
 from ..ops._args import is_int, pair
 from ..ops.conv import _out_len, _resolve_padding, conv2d_backward, conv2d_forward
+from ..ops.fused import conv2d_relu_max_pool2d_forward
 from .base import Layer, Shape
 from .init import uniform
 
@@ -130,6 +131,27 @@ class Conv2D(Layer):
             dilation=self.dilation,
             groups=self.groups,
         )
+        return out
+
+    def forward_relu_max_pool(self, x: np.ndarray, pool: Any) -> np.ndarray | None:
+        """``pool.forward(relu(self.forward(x)))`` in one pass (:mod:`cnnkit.ops.fused`), or None
+        where that does not apply (then nothing ran). The containers call it for a Conv2D, ReLU,
+        MaxPool2D run; on success this layer and ``pool`` hold the caches their backward passes read
+        (the ReLU's backward then passes the gradient through, as after
+        :meth:`MaxPool2D.forward_after_relu`)."""
+        if self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1:
+            return None
+        fused = conv2d_relu_max_pool2d_forward(
+            x,
+            self.params["weight"],
+            self.params.get("bias"),
+            self._pad4,
+            (pool.pool_size, pool.stride, pool.padding, pool.dilation),
+        )
+        if fused is None:
+            return None
+        out, self._cache, pool_cache = fused
+        pool._cache = ("relu", pool_cache)
         return out
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:

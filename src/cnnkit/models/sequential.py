@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import ConfigError, ShapeError
 from ..layers.activations import FUSED, ReLU
 from ..layers.base import Layer, Shape, from_config, to_config
+from ..layers.conv import Conv2D
 from ..layers.pool import MaxPool2D
 from .model import ModelMixin
 
@@ -120,12 +121,26 @@ class Sequential(ModelMixin, Layer):
 
         ``max_pool(relu(x)) == relu(max_pool(x))`` because ReLU is monotone, so the pair computes the ReLU
         on the pooled output and its mask on the pooled gradient (:meth:`MaxPool2D.forward_after_relu`);
-        the ReLU layer's backward then passes the gradient through.
+        the ReLU layer's backward then passes the gradient through. A Conv2D before the pair joins them
+        when its convolution runs Winograd and the pooling is 2x2 (:meth:`Conv2D.forward_relu_max_pool`:
+        the convolution's output is pooled tile by tile and never written).
         """
         children = list(self.layers.values())
         i, count = 0, len(children)
         while i < count:
             child = children[i]
+            if (
+                i + 2 < count
+                and type(child) is Conv2D
+                and type(children[i + 1]) is ReLU
+                and type(children[i + 2]) is MaxPool2D
+            ):
+                pooled = child.forward_relu_max_pool(x, children[i + 2])
+                if pooled is not None:  # all three in one pass (Winograd convolutions, 2x2 pooling)
+                    children[i + 1]._cache = FUSED
+                    x = pooled
+                    i += 3
+                    continue
             if i + 1 < count and type(child) is ReLU and type(children[i + 1]) is MaxPool2D:
                 child._cache = FUSED
                 x = children[i + 1].forward_after_relu(x, training)

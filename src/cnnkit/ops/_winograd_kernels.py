@@ -22,7 +22,12 @@ import numpy as np
 
 from ._jit import lazy_kernel
 
-__all__ = ["winograd_input_kernel", "winograd_output_kernel", "winograd_output_grad_kernel"]
+__all__ = [
+    "winograd_input_kernel",
+    "winograd_output_kernel",
+    "winograd_output_grad_kernel",
+    "winograd_output_relu_pool_kernel",
+]
 
 
 @lazy_kernel
@@ -245,5 +250,108 @@ def winograd_output_grad_kernel(numba: Any) -> Any:
                         o = tile[e + 5 * f_ : e + 6 * f_]
                         for f in range(f_):
                             o[f] = a3[f]
+
+    return kernel
+
+
+@lazy_kernel
+def winograd_output_relu_pool_kernel(numba: Any) -> Any:
+    """``kernel(m, pooled, arg, bias, n0, th, tw, oh, ow)``: :func:`winograd_output_kernel` followed by
+    ReLU and 2x2 stride-2 max pooling, without writing the convolution's output.
+
+    Each tile row's four output rows are built in a scratch buffer (as the output kernel writes them),
+    then pooled: ``pooled`` ``(N, OH // 2, OW // 2, F)`` and ``arg`` (int8, same shape) are C-contiguous,
+    ``arg`` holds the row-major index (0..3) of the window's first maximum, and a NaN wins its window
+    and stays NaN through the ReLU: exactly what ``max_pool_2x2_forward_kernel`` records for the
+    convolution's output, so its backward kernel reads them. Rows and columns the floor rule leaves out
+    (odd ``OH`` or ``OW``) are never pooled.
+    """
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False)
+    def kernel(m, pooled, arg, bias, n0, th, tw, oh_, ow_):  # pragma: no cover - compiled
+        rows, f_ = m.shape[0], m.shape[2]
+        ph_, pw_ = pooled.shape[1], pooled.shape[2]
+        nb = rows // (th * tw)
+        m2 = m.reshape(rows, 36 * f_)
+        wid = 4 * tw * f_
+        st = np.empty((6, wid), dtype=m.dtype)  # one tile row after the column stage, M A
+        yr = np.empty((4, wid), dtype=m.dtype)  # its four output rows, channels-last
+        brow = np.empty(wid, dtype=m.dtype)
+        for k in range(wid):
+            brow[k] = bias[k % f_]
+        s0, s1, s2, s3, s4, s5 = st[0], st[1], st[2], st[3], st[4], st[5]
+        y0_, y1_, y2_, y3_ = yr[0], yr[1], yr[2], yr[3]
+        zero, one, two, three = m.dtype.type(0), m.dtype.type(1), m.dtype.type(2), m.dtype.type(3)
+        four, eight = m.dtype.type(4), m.dtype.type(8)
+        taps = np.empty(pw_ * f_, dtype=m.dtype)  # one pooled row's tap indices, as floats
+        for b in range(nb):
+            pimg = pooled[n0 + b].reshape(ph_, pw_ * f_)
+            aimg = arg[n0 + b].reshape(ph_, pw_ * f_)
+            for ty in range(th):
+                if 2 * ty >= ph_:
+                    continue  # a last tile row the floor rule leaves out
+                first = (b * th + ty) * tw
+                for tx in range(tw):
+                    tile = m2[first + tx]
+                    e = 4 * tx * f_
+                    for i in range(6):
+                        d = 6 * i * f_
+                        a0, a1, a2 = (
+                            tile[d : d + f_],
+                            tile[d + f_ : d + 2 * f_],
+                            tile[d + 2 * f_ : d + 3 * f_],
+                        )
+                        a3, a4 = tile[d + 3 * f_ : d + 4 * f_], tile[d + 4 * f_ : d + 5 * f_]
+                        a5 = tile[d + 5 * f_ : d + 6 * f_]
+                        q = st[i, e : e + f_]
+                        for f in range(f_):
+                            q[f] = a0[f] + a1[f] + a2[f] + a3[f] + a4[f]
+                        q = st[i, e + f_ : e + 2 * f_]
+                        for f in range(f_):
+                            q[f] = (a1[f] - a2[f]) + two * (a3[f] - a4[f])
+                        q = st[i, e + 2 * f_ : e + 3 * f_]
+                        for f in range(f_):
+                            q[f] = (a1[f] + a2[f]) + four * (a3[f] + a4[f])
+                        q = st[i, e + 3 * f_ : e + 4 * f_]
+                        for f in range(f_):
+                            q[f] = (a1[f] - a2[f]) + eight * (a3[f] - a4[f]) + a5[f]
+                for k in range(wid):
+                    y0_[k] = s0[k] + s1[k] + s2[k] + s3[k] + s4[k] + brow[k]
+                for k in range(wid):
+                    y1_[k] = (s1[k] - s2[k]) + two * (s3[k] - s4[k]) + brow[k]
+                for k in range(wid):
+                    y2_[k] = (s1[k] + s2[k]) + four * (s3[k] + s4[k]) + brow[k]
+                for k in range(wid):
+                    y3_[k] = (s1[k] - s2[k]) + eight * (s3[k] - s4[k]) + s5[k] + brow[k]
+                for r in range(2):
+                    pr = 2 * ty + r
+                    if pr >= ph_:
+                        break
+                    top, bottom = yr[2 * r], yr[2 * r + 1]
+                    prow, arow = pimg[pr], aimg[pr]
+                    for px in range(pw_):
+                        base = 2 * px * f_
+                        v0s, v1s = top[base : base + f_], top[base + f_ : base + 2 * f_]
+                        v2s, v3s = bottom[base : base + f_], bottom[base + f_ : base + 2 * f_]
+                        po = prow[px * f_ : (px + 1) * f_]
+                        for f in range(f_):  # selects, tap indices as floats: vectorised
+                            best = v0s[f]
+                            t = zero
+                            v = v1s[f]
+                            take = (v > best) | ((v != v) & (best == best))
+                            best = v if take else best
+                            t = one if take else t
+                            v = v2s[f]
+                            take = (v > best) | ((v != v) & (best == best))
+                            best = v if take else best
+                            t = two if take else t
+                            v = v3s[f]
+                            take = (v > best) | ((v != v) & (best == best))
+                            best = v if take else best
+                            t = three if take else t
+                            po[f] = zero if best <= zero else best  # ReLU; a NaN stays NaN
+                            taps[px * f_ + f] = t
+                    for k in range(pw_ * f_):
+                        arow[k] = np.int8(taps[k])
 
     return kernel

@@ -39,7 +39,12 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import numba_available
-from ._winograd_kernels import winograd_input_kernel, winograd_output_grad_kernel, winograd_output_kernel
+from ._winograd_kernels import (
+    winograd_input_kernel,
+    winograd_output_grad_kernel,
+    winograd_output_kernel,
+    winograd_output_relu_pool_kernel,
+)
 
 __all__ = [
     "applies",
@@ -47,6 +52,7 @@ __all__ = [
     "transform_weights",
     "input_grad_weights",
     "winograd_conv",
+    "winograd_conv_relu_max_pool",
     "winograd_weight_grad",
 ]
 
@@ -164,6 +170,35 @@ def winograd_conv(
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
         transform_out(m, out, bias, n0, th, tw)
     return out
+
+
+def winograd_conv_relu_max_pool(
+    xp: np.ndarray, u: np.ndarray, bias: np.ndarray | None, out_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`winograd_conv`, then ReLU and 2x2 stride-2 max pooling, in one pass: the convolution's
+    output is never written. Returns ``(pooled, arg)``, both ``(N, OH // 2, OW // 2, F)`` C-contiguous,
+    ``arg`` the int8 index (0..3, row-major) of each window's first maximum (see
+    :func:`~._winograd_kernels.winograd_output_relu_pool_kernel`)."""
+    n, _, _, c = xp.shape
+    f = u.shape[2]
+    oh, ow = out_hw
+    th, tw = -(-oh // 4), -(-ow // 4)
+    tiles = th * tw
+    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
+    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
+    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
+    pooled = np.empty((n, oh // 2, ow // 2, f), dtype=xp.dtype)
+    arg = np.empty((n, oh // 2, ow // 2, f), dtype=np.int8)
+    bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
+    transform_in, transform_out = winograd_input_kernel(), winograd_output_relu_pool_kernel()
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        v = v_buf[: nb * tiles * 36 * c].reshape(nb * tiles, 36, c)
+        m = m_buf[: nb * tiles * 36 * f].reshape(nb * tiles, 36, f)
+        transform_in(xp, v, n0, th, tw)
+        np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
+        transform_out(m, pooled, arg, bias, n0, th, tw, oh, ow)
+    return pooled, arg
 
 
 def winograd_weight_grad(xp: np.ndarray, dy: np.ndarray) -> np.ndarray:
