@@ -12,6 +12,7 @@ import cnnkit.ops.winograd as winograd
 from cnnkit.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnkit.models import Sequential
 from cnnkit.ops import conv2d_backward, conv2d_forward
+from cnnkit.ops._conv_kernels import col2im_rows_kernel
 from cnnkit.ops._jit import numba_available
 from cnnkit.ops.fused import conv2d_relu_max_pool2d_forward
 from cnnkit.ops.pool import relu_max_pool2d_backward, relu_max_pool2d_forward
@@ -145,10 +146,12 @@ def test_numba_switched_off_before_backward(monkeypatch):
     expected = _backward(dout, conv_cache, pool_cache)
     monkeypatch.setenv("CNNKIT_NO_NUMBA", "1")
     numba_available.cache_clear()
+    col2im_rows_kernel.cache_clear()
     try:
         got = _backward(dout, conv_cache, pool_cache)
     finally:
         monkeypatch.delenv("CNNKIT_NO_NUMBA")
         numba_available.cache_clear()
+        col2im_rows_kernel.cache_clear()  # it remembered None while Numba was off
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10)

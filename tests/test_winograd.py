@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import cnnkit.ops.winograd as winograd
 from cnnkit.ops import conv2d_backward, conv2d_forward
+from cnnkit.ops._conv_kernels import col2im_rows_kernel
 from cnnkit.ops._jit import numba_available
 from cnnkit.ops._winograd_kernels import winograd_input_kernel, winograd_output_kernel
 from cnnkit.ops.reference import conv2d_backward_reference, conv2d_reference
@@ -175,6 +176,7 @@ def test_small_inputs_and_no_numba_take_the_im2col_path(monkeypatch):
     assert not conv2d_forward(x, w, None, padding=2, dilation=2)[1].winograd
     monkeypatch.setenv("CNNKIT_NO_NUMBA", "1")
     numba_available.cache_clear()
+    col2im_rows_kernel.cache_clear()
     try:
         out, cache = conv2d_forward(x, w, None, padding=1)
         assert not cache.winograd
@@ -182,6 +184,7 @@ def test_small_inputs_and_no_numba_take_the_im2col_path(monkeypatch):
     finally:
         monkeypatch.delenv("CNNKIT_NO_NUMBA")
         numba_available.cache_clear()
+        col2im_rows_kernel.cache_clear()  # it remembered None while Numba was off
 
 
 def test_a_nan_input_is_not_hidden(small_inputs_too):
@@ -209,11 +212,13 @@ def test_numba_switched_off_between_forward_and_backward(small_inputs_too, monke
     dout = rng.standard_normal(out.shape)
     monkeypatch.setenv("CNNKIT_NO_NUMBA", "1")
     numba_available.cache_clear()
+    col2im_rows_kernel.cache_clear()
     try:
         got = conv2d_backward(dout, cache)
     finally:
         monkeypatch.delenv("CNNKIT_NO_NUMBA")
         numba_available.cache_clear()
+        col2im_rows_kernel.cache_clear()  # it remembered None while Numba was off
     for g, e in zip(got, conv2d_backward_reference(dout, x, w, b, padding=1), strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-10)
 

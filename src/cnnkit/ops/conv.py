@@ -885,7 +885,8 @@ def _winograd_backward(
     elif max(spec.pad) <= 2:
         dx = _input_grad_winograd(dout, cache)
     else:
-        dx = _input_grad_compiled(dy, cache, col2im_rows_kernel())
+        kernel = col2im_rows_kernel()
+        dx = _input_grad(dy, cache) if kernel is None else _input_grad_compiled(dy, cache, kernel)
     return dx, dw, db
 
 
