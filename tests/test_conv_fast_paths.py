@@ -240,12 +240,25 @@ def test_inference_does_not_import_numba():
     bias=st.booleans(),
     dtype=st.sampled_from([np.float32, np.float64]),
     seed=st.integers(0, 2**16),
+    compiled_unfold=st.booleans(),
 )
-def test_planar_path_matches_reference(channels, size, kernel, stride, padding, dilation, bias, dtype, seed):
-    """The few-channel path (taps-first GEMMs, planar memory), forward and backward, equals the loops."""
+def test_planar_path_matches_reference(
+    channels, size, kernel, stride, padding, dilation, bias, dtype, seed, compiled_unfold
+):
+    """The few-channel path (taps-first GEMMs, planar memory), forward and backward, equals the loops;
+    with its unfold in NumPy (small inputs) and compiled (big ones: the threshold lowered to 0)."""
     if dilation * (kernel - 1) + 1 > size + 2 * padding or kernel == 1 and padding == 0 and stride == 1:
         return  # no valid output, or the 1x1 pointwise path (which skips im2col altogether)
     assert channels <= conv_mod._PLANAR_MAX_CHANNELS
+    mp = pytest.MonkeyPatch()
+    mp.setattr(conv_mod, "_PLANAR_COMPILED_MIN", 0 if compiled_unfold else 1 << 62)
+    try:
+        _check_planar(channels, size, kernel, stride, padding, dilation, bias, dtype, seed)
+    finally:
+        mp.undo()
+
+
+def _check_planar(channels, size, kernel, stride, padding, dilation, bias, dtype, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, channels, size, size)).astype(dtype)
     w = rng.standard_normal((3, channels, kernel, kernel)).astype(dtype)
@@ -257,9 +270,12 @@ def test_planar_path_matches_reference(channels, size, kernel, stride, padding, 
     assert out.transpose(1, 0, 2, 3).flags.c_contiguous  # (F, N, OH, OW) memory
 
 
-def test_planar_path_streams_chunks_and_flips(monkeypatch):
-    """Several chunks of images, the flipped kernel and a skipped dx on the few-channel path."""
+@pytest.mark.parametrize("compiled_min", [0, 1 << 62])
+def test_planar_path_streams_chunks_and_flips(monkeypatch, compiled_min):
+    """Several chunks of images, the flipped kernel and a skipped dx on the few-channel path (its
+    unfold compiled and in NumPy)."""
     monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(conv_mod, "_PLANAR_COMPILED_MIN", compiled_min)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((7, 3, 11, 10))
     w = rng.standard_normal((5, 3, 3, 2))

@@ -78,7 +78,7 @@ from numpy.lib.stride_tricks import as_strided
 from ..errors import ConfigError, DTypeError, ShapeError
 from . import winograd
 from ._args import Padding4, Pair, check_array, is_int, pair
-from ._conv_kernels import col2im_rows_kernel
+from ._conv_kernels import col2im_rows_kernel, planar_unfold_kernel
 from ._jit import numba_available
 
 __all__ = [
@@ -571,10 +571,20 @@ def _planar_columns(spec: _Spec, k: int, dtype: np.dtype) -> tuple[np.ndarray, l
     return cols, [(n0, min(images, n - n0)) for n0 in range(0, n, images)]
 
 
+#: Fewest padded input elements for the compiled planar unfold: one small image (``cnnkit predict``)
+#: stays on NumPy and never imports Numba.
+_PLANAR_COMPILED_MIN = 1 << 16
+
+
 def _planar_unfold(xp: np.ndarray, taps: list, spec: _Spec, n0: int, nb: int, cols: np.ndarray) -> None:
     """im2col transposed, for images ``n0 : n0 + nb``: row ``k`` of ``cols`` is tap ``k``'s input plane
-    (``taps`` from :func:`_planar_taps`)."""
+    (``taps`` from :func:`_planar_taps`). Compiled for big inputs (:func:`planar_unfold_kernel`)."""
     oh, ow = spec.out_hw
+    kernel = planar_unfold_kernel() if xp.size >= _PLANAR_COMPILED_MIN and numba_available() else None
+    if kernel is not None:
+        (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.stride, spec.dilation
+        kernel(xp, cols, n0, nb, kh, kw, sh, sw, dh, dw, oh, ow)
+        return
     images = slice(n0, n0 + nb)
     for k, (c, rows, cols_) in enumerate(taps):
         cols[k].reshape(nb, oh, ow)[...] = xp[c, images, rows, cols_]
