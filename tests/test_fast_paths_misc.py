@@ -146,10 +146,11 @@ def _planar(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (28, 28), (6, 33), (4, 34)])
+@pytest.mark.parametrize("hw", [(8, 8), (9, 7), (28, 28), (6, 33), (4, 34), (32, 32), (7, 16)])
 @pytest.mark.parametrize("fused", [False, True])
 def test_planar_max_pool_kernel_equals_reference(monkeypatch, dtype, hw, fused):
-    """Planar input: whole-vector rows (OW 16), padded rows (OW 3, 14), odd sizes, ties, infinities."""
+    """Planar input: whole-vector rows (OW 16, 8: read in place), padded rows (OW 3, 14, 17), odd sizes,
+    ties, infinities."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 6, *hw)).astype(dtype)
     x[0, :, :2, :2] = 0.5  # a tie in every channel of one window: the first tap wins
