@@ -222,7 +222,9 @@ def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
     copy. One image at a time: its output gradient gathered planar into a small buffer (read in the
     order of channels-last memory, what the next convolution's dx has), then routed row by row
     (vectorised as in the forward kernel). Rows and columns the floor rule leaves out (odd sizes) are
-    not written.
+    not written. Short whole-vector rows (``OW`` a multiple of 8, at most 32) are routed in place,
+    from ``arg`` straight into ``dx``: 1.67 -> 1.23 ms on 64x32x32x32; on 128-wide planes that was
+    slower (13.7 -> 16.5 ms on 32x32x128x128, same process), so they keep the scratch rows.
     """
 
     @numba.njit(cache=True, nogil=True)
@@ -234,6 +236,7 @@ def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
         row1 = np.empty(2 * owp, dtype=dx.dtype)
         grad = np.zeros((c_, oh_ * ow_ + 8), dtype=dx.dtype)
         taps = np.zeros((c_, oh_ * ow_ + 8), dtype=dx.dtype)
+        direct = ow_ % 8 == 0 and ow_ <= 32  # short whole-vector rows: see the docstring
         for n in range(n_):
             for oy in range(oh_):
                 for ox in range(ow_):
@@ -245,6 +248,20 @@ def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
                         grad[c, i] = g
             for c in range(c_):
                 plane = arg[c, n]
+                if direct:  # whole-vector rows: taps read and dx written in place
+                    for oy in range(oh_):
+                        grow = grad[c, oy * ow_ : (oy + 1) * ow_]
+                        trow = plane[oy]
+                        dst0 = dx[c, n, 2 * oy]
+                        dst1 = dx[c, n, 2 * oy + 1]
+                        for ox in range(ow_):
+                            g = grow[ox]
+                            t = trow[ox]
+                            dst0[2 * ox] = g if t == zero else zero
+                            dst0[2 * ox + 1] = g if t == one else zero
+                            dst1[2 * ox] = g if t == two else zero
+                            dst1[2 * ox + 1] = g if t == three else zero
+                    continue
                 for oy in range(oh_):
                     for ox in range(ow_):
                         taps[c, oy * ow_ + ox] = plane[oy, ox]
