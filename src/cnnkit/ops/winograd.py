@@ -24,14 +24,16 @@ the number of tiles (:func:`winograd_weight_grad`).
 Accuracy: exact in exact arithmetic; in floating point the transforms add and subtract values up
 to ~10x the inputs, so float32 results differ from the direct sum by a few units in the 6th
 significant digit of the largest output (measured: 4e-4 on outputs up to 80 with ``C = 32``, against
-7e-5 for im2col; float64: 1e-12). A non-finite input makes its whole 4x4 output tile non-finite
+7e-5 for im2col; float64: 1e-12). The tests hold float32 to ``2e-5 * max|output|`` against the loop
+reference and PyTorch. A non-finite input makes its whole 4x4 output tile non-finite
 (``inf - inf``), not only the outputs whose windows hold it.
 
 Speed (measured on the project machine, simple_cnn's second layer, 64x32x16x16 -> 64 filters, against
 the im2col path in the same process): forward 6.9 -> 3.7 ms; backward (``dx`` and ``dw``) 18.9 -> 11.4
 ms. The weight gradient's 36 GEMMs are small (``C x tiles @ tiles x F``) and run at only ~50-60
-GFLOP/s here, so it gains least (im2col's ~7.5 -> ~5 ms). It needs the compiled transforms: without Numba, or for small inputs (one
-image in ``cnnkit predict``, which then never imports Numba), :mod:`cnnkit.ops.conv` runs im2col.
+GFLOP/s here, so it gains least (im2col's ~7.5 -> ~5 ms). It needs the compiled transforms: without
+Numba, for small inputs (one image in ``cnnkit predict``, which then never imports Numba) and for few
+tiles per channel (see :func:`applies`), :mod:`cnnkit.ops.conv` runs im2col.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ MIN_ELEMENTS = 1 << 16
 #: Whole images per chunk so that a chunk's transformed input and products take about this many bytes
 #: (1 to 8 MB measured: 4 MB fastest, the chunk stays in the 32 MB L3 cache).
 _CHUNK_BYTES = 1 << 22
-#: ``G`` of F(4x4, 3x3): the filter transform ``U = G g G^T`` (6x6 from 3x3), applied in float64.
+#: ``G`` of F(4x4, 3x3): the filter transform ``U = G g G^T`` (6x6 from 3x3), in float64 (cast to the
+#: weights' dtype when applied).
 _G = np.array(
     [
         [1 / 4, 0, 0],
