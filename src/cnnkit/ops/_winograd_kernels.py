@@ -2,9 +2,10 @@
 
 Data is channels-last. A tile is a 6x6 input patch (stride 4); its transform ``V = B^T d B`` and the
 products ``M`` are stored per tile, ``(tiles, 36, C)`` and ``(tiles, 36, F)``, so one tile's values
-are one contiguous run. Both transforms are separable and run in two stages: the row stage over whole
-image rows (one long loop per output row), the column stage per tile and per output value (one short
-loop over channels each).
+are one contiguous run. Four kernels: the input transform, the output transform (with the bias), its
+adjoint (for the weight gradient) and the output transform followed by ReLU and 2x2 max pooling. The
+transforms are separable and run in two stages: the row stage over whole image rows (one long loop
+per row), the column stage per tile and per output value (one short loop over channels each).
 
 Written the way LLVM vectorised them, each point measured on the project machine (simple_cnn's second
 layer, 64x32x16x16 -> 64 filters): every innermost loop stores through a single 1-D slice and reads
