@@ -146,6 +146,8 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
         for n in range(n_):
             for c in range(c_):
                 if direct:  # whole-vector rows: read in place, taps straight to arg
+                    # (the select chain below repeats the scratch path's on purpose: one loop over
+                    # either rows, chosen per row, ran 15-30% slower, measured on all three shapes)
                     plane = x[c, n].reshape(-1)
                     tplane = arg[c, n].reshape(-1)
                     for oy in range(oh_):

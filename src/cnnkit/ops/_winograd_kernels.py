@@ -287,6 +287,8 @@ def winograd_output_relu_pool_kernel(numba: Any) -> Any:
         zero, one, two, three = m.dtype.type(0), m.dtype.type(1), m.dtype.type(2), m.dtype.type(3)
         four, eight = m.dtype.type(4), m.dtype.type(8)
         taps = np.empty(pw_ * f_, dtype=m.dtype)  # one pooled row's tap indices, as floats
+        # The column and row stages repeat winograd_output_kernel's on purpose: a kernel that calls
+        # another through a closure is compiled again in every process (Numba's disk cache misses).
         for b in range(nb):
             pimg = pooled[n0 + b].reshape(ph_, pw_ * f_)
             aimg = arg[n0 + b].reshape(ph_, pw_ * f_)
