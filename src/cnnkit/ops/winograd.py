@@ -38,6 +38,8 @@ tiles per channel (see :func:`applies`), :mod:`cnnkit.ops.conv` runs im2col.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from ._jit import numba_available
@@ -144,6 +146,27 @@ def input_grad_weights(w_taps: np.ndarray) -> np.ndarray:
     return transform_weights(w_taps[::-1, ::-1].transpose(2, 3, 0, 1))
 
 
+def _transformed_chunks(xp: np.ndarray, f: int, out_hw: tuple[int, int]) -> Iterator[tuple]:
+    """Chunks of whole images of ``xp`` (N, Hp, Wp, C), about ``_CHUNK_BYTES`` of transformed input and
+    products each: yields ``(n0, th, tw, v, m)``, ``th x tw`` tiles per image, ``v`` (tiles, 36, C)
+    holding the chunk's transformed input tiles (:func:`~._winograd_kernels.winograd_input_kernel`)
+    and ``m`` (tiles, 36, F) free for the caller; both are views of two buffers reused chunk after
+    chunk, so they stay in cache."""
+    n, _, _, c = xp.shape
+    oh, ow = out_hw
+    th, tw = -(-oh // 4), -(-ow // 4)
+    tiles = th * tw
+    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
+    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
+    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
+    transform_in = winograd_input_kernel()
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        v = v_buf[: nb * tiles * 36 * c].reshape(nb * tiles, 36, c)
+        transform_in(xp, v, n0, th, tw)
+        yield n0, th, tw, v, m_buf[: nb * tiles * 36 * f].reshape(nb * tiles, 36, f)
+
+
 def winograd_conv(
     xp: np.ndarray, u: np.ndarray, bias: np.ndarray | None, out_hw: tuple[int, int]
 ) -> np.ndarray:
@@ -154,22 +177,11 @@ def winograd_conv(
     transformed into ``V`` (tiles, 36, C), multiplied (36 GEMMs, one batched ``matmul``) into ``M``
     (tiles, 36, F) and transformed back, while both buffers stay in cache.
     """
-    n, _, _, c = xp.shape
     f = u.shape[2]
-    oh, ow = out_hw
-    th, tw = -(-oh // 4), -(-ow // 4)
-    tiles = th * tw
-    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
-    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
-    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
-    out = np.empty((n, oh, ow, f), dtype=xp.dtype)
+    out = np.empty((xp.shape[0], *out_hw, f), dtype=xp.dtype)
     bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
-    transform_in, transform_out = winograd_input_kernel(), winograd_output_kernel()
-    for n0 in range(0, n, images):
-        nb = min(images, n - n0)
-        v = v_buf[: nb * tiles * 36 * c].reshape(nb * tiles, 36, c)
-        m = m_buf[: nb * tiles * 36 * f].reshape(nb * tiles, 36, f)
-        transform_in(xp, v, n0, th, tw)
+    transform_out = winograd_output_kernel()
+    for n0, th, tw, v, m in _transformed_chunks(xp, f, out_hw):
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
         transform_out(m, out, bias, n0, th, tw)
     return out
@@ -182,23 +194,13 @@ def winograd_conv_relu_max_pool(
     output is never written. Returns ``(pooled, arg)``, both ``(N, OH // 2, OW // 2, F)`` C-contiguous,
     ``arg`` the int8 index (0..3, row-major) of each window's first maximum (see
     :func:`~._winograd_kernels.winograd_output_relu_pool_kernel`)."""
-    n, _, _, c = xp.shape
     f = u.shape[2]
     oh, ow = out_hw
-    th, tw = -(-oh // 4), -(-ow // 4)
-    tiles = th * tw
-    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
-    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
-    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
-    pooled = np.empty((n, oh // 2, ow // 2, f), dtype=xp.dtype)
-    arg = np.empty((n, oh // 2, ow // 2, f), dtype=np.int8)
+    pooled = np.empty((xp.shape[0], oh // 2, ow // 2, f), dtype=xp.dtype)
+    arg = np.empty(pooled.shape, dtype=np.int8)
     bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
-    transform_in, transform_out = winograd_input_kernel(), winograd_output_relu_pool_kernel()
-    for n0 in range(0, n, images):
-        nb = min(images, n - n0)
-        v = v_buf[: nb * tiles * 36 * c].reshape(nb * tiles, 36, c)
-        m = m_buf[: nb * tiles * 36 * f].reshape(nb * tiles, 36, f)
-        transform_in(xp, v, n0, th, tw)
+    transform_out = winograd_output_relu_pool_kernel()
+    for n0, th, tw, v, m in _transformed_chunks(xp, f, out_hw):
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
         transform_out(m, pooled, arg, bias, n0, th, tw, oh, ow)
     return pooled, arg
@@ -213,21 +215,11 @@ def winograd_weight_grad(xp: np.ndarray, dy: np.ndarray) -> np.ndarray:
     tiles), and ``dg = G^T dU G``. ``xp`` is the padded input of the forward pass (channels-last,
     C-contiguous, as :func:`padding` says) and ``dy`` is C-contiguous. A chunk of images at a time.
     """
-    n, _, _, c = xp.shape
-    _, oh, ow, f = dy.shape
-    th, tw = -(-oh // 4), -(-ow // 4)
-    tiles = th * tw
-    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
-    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
-    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
+    c, (_, oh, ow, f) = xp.shape[3], dy.shape
     du = np.zeros((36, c, f), dtype=xp.dtype)
     part = np.empty_like(du)
-    transform_in, transform_grad = winograd_input_kernel(), winograd_output_grad_kernel()
-    for n0 in range(0, n, images):
-        nb = min(images, n - n0)
-        v = v_buf[: nb * tiles * 36 * c].reshape(nb * tiles, 36, c)
-        dm = m_buf[: nb * tiles * 36 * f].reshape(nb * tiles, 36, f)
-        transform_in(xp, v, n0, th, tw)
+    transform_grad = winograd_output_grad_kernel()
+    for n0, th, tw, v, dm in _transformed_chunks(xp, f, (oh, ow)):
         transform_grad(dy, dm, n0, th, tw)
         np.matmul(v.transpose(1, 2, 0), dm.transpose(1, 0, 2), out=part)
         du += part
