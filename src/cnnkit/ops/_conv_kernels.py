@@ -1,9 +1,10 @@
-"""Compiled (Numba) kernels of the convolution's backward pass, with the layout they expect.
+"""Compiled (Numba) kernels of the im2col convolution, with the layout they expect.
 
-Only the training path uses these (col2im is the input gradient), so inference never imports Numba
-for them (``cnnkit predict`` start-up). Each getter returns the compiled kernel, or None when Numba is missing
-or ``CNNKIT_NO_NUMBA=1`` is set; :mod:`cnnkit.ops.conv` then takes its NumPy path, which computes the
-same sums (the tests run both).
+col2im serves the input gradient (training only); the planar unfold serves the few-channel first
+layers, forward and backward, for big inputs only, so one image in ``cnnkit predict`` never imports
+Numba (start-up). Each getter returns the compiled kernel, or None when Numba is missing or
+``CNNKIT_NO_NUMBA=1`` is set; :mod:`cnnkit.ops.conv` then takes its NumPy path, which computes the
+same values (the tests run both).
 
 The kernels are serial (``parallel=False``: Numba's workers spin-wait and fight the two OpenBLAS
 threads for the cores), release the GIL and are cached on disk (``cache=True``), so the compile cost
