@@ -550,6 +550,15 @@ def _pad_planar(x: np.ndarray, pad: Padding4) -> np.ndarray:
     return buf
 
 
+def _planar_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``[W, b]``: ``w`` (F, C, KH, KW) as ``(F, K + 1)``, taps in (c, kh, kw) order, the bias (or 0) last."""
+    f = w.shape[0]
+    weights = np.empty((f, w[0].size + 1), dtype=w.dtype)
+    weights[:, :-1] = w.reshape(f, -1)
+    weights[:, -1] = 0 if b is None else b
+    return weights
+
+
 def _planar_taps(spec: _Spec) -> list[tuple[int, slice, slice]]:
     """``(channel, rows, cols)`` of every kernel tap in ``(c, kh, kw)`` order (``w.reshape(F, -1)``'s)."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = spec.kernel, spec.stride, spec.dilation, spec.out_hw
@@ -759,9 +768,7 @@ def conv2d_forward(
     elif g == 1 and x.shape[1] <= _PLANAR_MAX_CHANNELS:
         # a first layer on grey or RGB images: taps-first GEMM with a planar result, see _planar_forward
         xp = _pad_planar(x, spec.pad)
-        weights = np.empty((f, w[0].size + 1), dtype=w.dtype)
-        weights[:, :-1] = w.reshape(f, -1)
-        weights[:, -1] = 0 if b is None else b
+        weights = _planar_weights(w, b)
         out = _planar_forward(xp, weights, spec)
         return out, _ConvCache(None, weights, spec, f, b is not None, bool(flip_kernel), False, xp, True)
     elif g == 1:
