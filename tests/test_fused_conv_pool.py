@@ -187,16 +187,18 @@ def _reference_block(x, w, b, padding):
     f=st.integers(1, 9),
     h=st.integers(2, 11),
     w=st.integers(2, 11),
+    k=st.sampled_from([3, 5]),
     padding=st.sampled_from([0, 1, 2, (0, 1, 2, 0), "same"]),
     bias=st.booleans(),
     seed=st.integers(0, 2**31),
 )
-def test_direct_first_layer_matches_the_loop_reference_exactly(n, c, f, h, w, padding, bias, seed):
-    """Small integers in float64 make every sum exact whatever its order, so the direct kernel must
-    give the loop reference's values bit for bit, ties (frequent with integers) to the first tap, and
-    the gradients of the unfused ops."""
-    pad4 = (1, 1, 1, 1) if padding == "same" else padding if isinstance(padding, tuple) else (padding,) * 4
-    if min(h + pad4[0] + pad4[1], w + pad4[2] + pad4[3]) < 4:
+def test_direct_first_layer_matches_the_loop_reference_exactly(n, c, f, h, w, k, padding, bias, seed):
+    """3x3 and 5x5 filters. Small integers in float64 make every sum exact whatever its order, so the
+    direct kernel must give the loop reference's values bit for bit, ties (frequent with integers) to
+    the first tap, and the gradients of the unfused ops."""
+    half = k // 2
+    pad4 = (half,) * 4 if padding == "same" else padding if isinstance(padding, tuple) else (padding,) * 4
+    if min(h + pad4[0] + pad4[1], w + pad4[2] + pad4[3]) < k + 1:
         return  # an output smaller than 2x2: the fused op declines (tested below)
     mp = pytest.MonkeyPatch()
     mp.setattr(fused, "DIRECT_MIN_ELEMENTS", 0)
@@ -204,7 +206,7 @@ def test_direct_first_layer_matches_the_loop_reference_exactly(n, c, f, h, w, pa
     try:
         rng = np.random.default_rng(seed)
         x = rng.integers(-3, 4, (n, c, h, w)).astype(np.float64)
-        wt = rng.integers(-2, 3, (f, c, 3, 3)).astype(np.float64)
+        wt = rng.integers(-2, 3, (f, c, k, k)).astype(np.float64)
         b = rng.integers(-2, 3, f).astype(np.float64) if bias else None
         result = conv2d_relu_max_pool2d_forward(x, wt, b, padding, POOL)
         assert result is not None
@@ -267,25 +269,27 @@ def test_direct_first_layer_finite_differences(direct_everywhere):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_direct_first_layer_matches_pytorch(seed):
-    """At the default threshold (shapes that take the path on their own), against PyTorch's
-    max_pool2d(relu(conv2d(x))) and its weight gradient."""
+    """3x3 and 5x5 at the default threshold (shapes that take the path on their own), against
+    PyTorch's max_pool2d(relu(conv2d(x))) and its weight gradient."""
     import torch
 
     rng = np.random.default_rng(20 + seed)
-    c, f = int(rng.integers(1, 4)), int(rng.integers(4, 40))
+    c, f, k = int(rng.integers(1, 4)), int(rng.integers(4, 40)), (3, 5, 5)[seed]
     h, w = int(rng.integers(24, 40)), int(rng.integers(24, 40))
-    n = -(-fused.DIRECT_MIN_ELEMENTS // (c * (h + 2) * (w + 2)))
+    n = -(-fused.DIRECT_MIN_ELEMENTS // (c * (h + k - 1) * (w + k - 1)))
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    wt = (rng.standard_normal((f, c, k, k)) / np.sqrt(k * k * c)).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32) * 0.1
-    result = conv2d_relu_max_pool2d_forward(x, wt, b, 1, POOL)
+    result = conv2d_relu_max_pool2d_forward(x, wt, b, k // 2, POOL)
     assert result is not None and result[1].planar
     out, conv_cache, pool_cache = result
     dout = rng.standard_normal(out.shape).astype(np.float32)
     _, dw, db = conv2d_backward(relu_max_pool2d_backward(dout, pool_cache), conv_cache, need_dx=False)
     xt = torch.from_numpy(x)
     wtt, bt = (torch.from_numpy(a).requires_grad_() for a in (wt, b))
-    ot = torch.nn.functional.max_pool2d(torch.relu(torch.nn.functional.conv2d(xt, wtt, bt, padding=1)), 2)
+    ot = torch.nn.functional.max_pool2d(
+        torch.relu(torch.nn.functional.conv2d(xt, wtt, bt, padding=k // 2)), 2
+    )
     ot.backward(torch.from_numpy(dout))
     np.testing.assert_allclose(out, ot.detach().numpy(), rtol=1e-5, atol=1e-5)
     for name, got, ref in (("dw", dw, wtt.grad), ("db", db, bt.grad)):
@@ -299,8 +303,10 @@ def test_direct_first_layer_declines_where_it_does_not_apply(monkeypatch):
     w3 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     assert conv2d_relu_max_pool2d_forward(x, w3, None, 1, POOL) is not None
     assert conv2d_relu_max_pool2d_forward(x[:1], w3, None, 1, POOL) is None  # one image: NumPy path
-    w5 = rng.standard_normal((8, 3, 5, 5)).astype(np.float32)
-    assert conv2d_relu_max_pool2d_forward(x, w5, None, 2, POOL) is None  # 5x5 filters
+    w7 = rng.standard_normal((8, 3, 7, 7)).astype(np.float32)
+    assert conv2d_relu_max_pool2d_forward(x, w7, None, 3, POOL) is None  # 7x7 filters
+    w35 = rng.standard_normal((8, 3, 3, 5)).astype(np.float32)
+    assert conv2d_relu_max_pool2d_forward(x, w35, None, 1, POOL) is None  # 3x5 filters
     x4 = rng.standard_normal((64, 4, 32, 32)).astype(np.float32)
     w4 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
     assert conv2d_relu_max_pool2d_forward(x4, w4, None, 1, POOL) is None  # 4 channels: not a first layer

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import winograd
-from ._direct_kernels import conv3x3_relu_max_pool_planar_kernel
+from ._direct_kernels import conv_relu_max_pool_planar_kernel
 from ._jit import numba_available
 from .conv import (
     _PLANAR_MAX_CHANNELS,
@@ -43,6 +43,8 @@ _POOL_2X2 = ((2, 2), (2, 2), (0, 0), (1, 1))  # kernel, stride, padding, dilatio
 #: Fewest padded input elements for the direct first-layer kernel: one small image (``cnnkit predict``)
 #: takes the unfused NumPy path and never imports Numba.
 DIRECT_MIN_ELEMENTS = 1 << 16
+#: Filter sizes the direct kernel has loops for (notes §5 and §9: 3x3; LeNet-5's C1: 5x5).
+DIRECT_KERNELS = ((3, 3), (5, 5))
 
 
 def conv2d_relu_max_pool2d_forward(
@@ -97,7 +99,7 @@ def _direct_applies(spec: _Spec) -> bool:
     hp, wp = spec.padded_hw
     return (
         c <= _PLANAR_MAX_CHANNELS
-        and spec.kernel == (3, 3)
+        and spec.kernel in DIRECT_KERNELS
         and spec.stride == (1, 1)
         and spec.dilation == (1, 1)
         and spec.groups == 1
@@ -114,7 +116,7 @@ def _direct_block(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: _Spe
     pooled = np.empty((n, oh // 2, ow // 2, f), dtype=x.dtype)
     arg = np.empty((f, n, oh // 2, ow // 2), dtype=x.dtype)
     bias = np.zeros(f, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
-    conv3x3_relu_max_pool_planar_kernel()(xp, np.ascontiguousarray(w), bias, pooled, arg)
+    conv_relu_max_pool_planar_kernel()(xp, np.ascontiguousarray(w), bias, pooled, arg)
     weights = _planar_weights(w, b)
     conv_cache = _ConvCache(None, weights, spec, f, b is not None, False, False, xp, True)
     return pooled.transpose(0, 3, 1, 2), conv_cache, arg, True
