@@ -19,7 +19,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import layers, models, ops
+# _blas_spin first: it must run before anything imports NumPy (see its docstring)
+from . import _blas_spin, layers, models, ops  # noqa: F401
 from .errors import (
     CnnkitError,
     ConfigError,

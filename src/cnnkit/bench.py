@@ -169,6 +169,7 @@ def blas_info() -> str:
             return "; ".join(
                 f"{p.get('internal_api', '?')} {p.get('version') or ''} ({p.get('num_threads', '?')} threads"
                 + (f", {p['threading_layer']}" if p.get("threading_layer") else "")
+                + (_openblas_spin() if p.get("internal_api") == "openblas" else "")
                 + ")"
                 for p in pools
             ).replace("  ", " ")
@@ -180,6 +181,13 @@ def blas_info() -> str:
         return f"{name} {version}".strip() + " (numpy build config)"
     except Exception:  # very old NumPy without mode="dicts"
         return "unknown"
+
+
+def _openblas_spin() -> str:
+    """OpenBLAS's idle spin as set when it was loaded (see :mod:`cnnkit._blas_spin`)."""
+    import os
+
+    return f", spin 2^{os.environ.get('OPENBLAS_THREAD_TIMEOUT', '28 (default)')} cycles"
 
 
 def environment() -> dict[str, Any]:

@@ -772,18 +772,25 @@ def auto_threads(cores: int, load: float) -> int:
 
 @contextlib.contextmanager
 def blas_threads(threads: int | str | None, cmd: str) -> Iterator[int | None]:
-    """Limit BLAS threads (threadpoolctl) to ``threads`` or the :func:`auto_threads` choice for the block.
+    """Limit BLAS threads (threadpoolctl) and cnnkit's own kernel threads (:mod:`cnnkit.ops._parallel`)
+    to ``threads`` or the :func:`auto_threads` choice for the block.
 
     Yields the limit set, or None when nothing was changed (threadpoolctl missing, no load average).
     """
+    from ..ops import _parallel
+
     limit = _thread_limit(threads, cmd)
     if limit is None:
         yield None
         return
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=limit, user_api="blas"):
-        yield limit
+    _parallel.set_threads(limit)
+    try:
+        with threadpool_limits(limits=limit, user_api="blas"):
+            yield limit
+    finally:
+        _parallel.set_threads(None)
 
 
 def _thread_limit(threads: int | str | None, cmd: str) -> int | None:

@@ -50,7 +50,8 @@ __all__ = ["conv_relu_max_pool_planar_kernel"]
 
 @lazy_kernel
 def conv_relu_max_pool_planar_kernel(numba: Any) -> Any:
-    """``kernel(xp, w, b, out, arg)``: ``max_pool2d(relu(conv2d(x, w, b)), 2)``, stride 1, 3x3 or KHx5.
+    """``kernel(xp, w, b, out, arg, n0, n1)``: ``max_pool2d(relu(conv2d(x, w, b)), 2)`` of images
+    ``n0 : n1``, stride 1, 3x3 or KHx5 filters.
 
     - ``xp`` ``(C, N, Hp, Wp)`` C-contiguous: the zero-padded input, one plane per channel
       (:func:`cnnkit.ops.conv._pad_planar`); the convolution output is ``(Hp - KH + 1) x (Wp - KW + 1)``;
@@ -60,11 +61,13 @@ def conv_relu_max_pool_planar_kernel(numba: Any) -> Any:
     - ``arg`` ``(F, N, OH // 2, OW // 2)`` C-contiguous: each window's winning tap (0..3, row-major)
       in the input's float dtype, what the planar pooling backward reads
       (:mod:`cnnkit.ops._pool_kernels`).
+
+    Calls on disjoint image ranges may run at once in several threads (:mod:`._parallel`).
     """
 
     @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"contract"})
-    def kernel(xp, w, b, out, arg):  # pragma: no cover - compiled
-        c_, n_, hp, wp = xp.shape
+    def kernel(xp, w, b, out, arg, n0, n1):  # pragma: no cover - compiled
+        c_, hp, wp = xp.shape[0], xp.shape[2], xp.shape[3]
         f_, kh, kw = w.shape[0], w.shape[2], w.shape[3]
         oh, ow = hp - kh + 1, wp - kw + 1
         oh2, ow2 = oh // 2, ow // 2
@@ -75,7 +78,7 @@ def conv_relu_max_pool_planar_kernel(numba: Any) -> Any:
         acc = np.zeros(oh * wp + 2 * owp + 16, dtype=w.dtype)
         pooled = np.empty((f_, oh2 * ow2 + owp), dtype=w.dtype)
         taps = np.empty(owp, dtype=w.dtype)
-        for n in range(n_):
+        for n in range(n0, n1):
             for f in range(f_):
                 bias = b[f]
                 dst = acc[0:m]

@@ -24,6 +24,7 @@ import numpy as np
 from . import winograd
 from ._direct_kernels import conv_relu_max_pool_planar_kernel
 from ._jit import numba_available
+from ._parallel import run_split
 from .conv import (
     _PLANAR_MAX_CHANNELS,
     PaddingArg,
@@ -116,7 +117,7 @@ def _direct_block(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: _Spe
     pooled = np.empty((n, oh // 2, ow // 2, f), dtype=x.dtype)
     arg = np.empty((f, n, oh // 2, ow // 2), dtype=x.dtype)
     bias = np.zeros(f, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
-    conv_relu_max_pool_planar_kernel()(xp, np.ascontiguousarray(w), bias, pooled, arg)
+    run_split(conv_relu_max_pool_planar_kernel(), n, xp, np.ascontiguousarray(w), bias, pooled, arg)
     weights = _planar_weights(w, b)
     conv_cache = _ConvCache(None, weights, spec, f, b is not None, False, False, xp, True)
     return pooled.transpose(0, 3, 1, 2), conv_cache, arg, True

@@ -1,0 +1,95 @@
+"""Split a compiled kernel's images across threads (the kernels release the GIL).
+
+Most of cnnkit's work is BLAS, which brings its own threads. The few compiled kernels that are heavy
+enough to be worth a second core (the direct first-layer convolution, :mod:`._direct_kernels`) take an
+image range ``(n0, n1)`` and run here: :func:`run_split` hands out chunks of images from a shared
+counter to this thread and ``threads() - 1`` helpers, so a thread that gets less CPU simply takes
+fewer chunks.
+
+A helper only gets a core when OpenBLAS's idle worker threads let it go: they spin after each GEMM
+for ``OPENBLAS_THREAD_TIMEOUT`` (2^28 cycles, about 0.1 s, by default) without yielding, so in a
+network, where GEMMs run every few milliseconds, the helper found no free core and the split ran no
+faster. ``import cnnkit`` shortens that spin when it comes before NumPy's import (see
+:mod:`cnnkit._runtime`).
+
+Threads: every CPU this process may run on, or what :func:`set_threads` says (the CLI's
+``--threads`` sets it together with the BLAS threads). The pool is made on first use and dropped in
+a forked child (its threads do not survive ``fork``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["run_split", "set_threads", "threads"]
+
+_threads: int | None = None  # None: every CPU this process may run on
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads() -> int:
+    """Threads :func:`run_split` uses (this one included)."""
+    return _threads if _threads is not None else _cpus()
+
+
+def set_threads(count: int | None) -> None:
+    """Use ``count`` threads (>= 1) from now on; None goes back to every available CPU."""
+    global _threads, _pool
+    if count is not None and count < 1:
+        raise ValueError(f"set_threads: count must be >= 1 or None, got {count}")
+    _threads = count
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+
+
+def _drop_pool_in_child() -> None:
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_drop_pool_in_child)
+
+
+def run_split(kernel: Callable[..., Any], n: int, *args: Any, chunk: int | None = None) -> None:
+    """Call ``kernel(*args, n0, n1)`` over consecutive ranges covering ``[0, n)``, in parallel.
+
+    ``chunk`` images per call (default: a quarter of each thread's share, at least 1). With one
+    thread, or one image, it is a single call ``kernel(*args, 0, n)``. A helper's exception is
+    raised here, after every helper has finished.
+    """
+    global _pool
+    workers = min(threads(), n)
+    if workers <= 1:
+        kernel(*args, 0, n)
+        return
+    size = chunk if chunk is not None else max(1, -(-n // (4 * workers)))
+    starts = itertools.count(0, size)  # next() on a count is atomic under the GIL
+
+    def work() -> None:
+        for n0 in starts:
+            if n0 >= n:
+                return
+            kernel(*args, n0, min(n, n0 + size))
+
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=threads() - 1, thread_name_prefix="cnnkit")
+    futures = [_pool.submit(work) for _ in range(workers - 1)]
+    try:
+        work()
+    finally:
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
