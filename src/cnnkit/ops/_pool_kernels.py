@@ -15,7 +15,8 @@ the forward beat NumPy's strided maxima (1.6 vs 2.1 ms at 64x32x32x32) and the b
 6 channels the branchy argmax made the forward slower than NumPy (3.3 vs 1.3 ms), and a general
 kernel (any window, padding, dilation) was slower than NumPy everywhere. So :mod:`cnnkit.ops.pool` uses
 these kernels only for tiled 2x2 windows on channels-last data with at least ``MIN_CHANNELS`` channels.
-Serial, ``nogil`` and cached on disk (see :mod:`cnnkit.ops._jit`).
+Each takes an image range ``n0 : n1``: :mod:`cnnkit.ops.pool` splits a batch across threads
+(:mod:`cnnkit.ops._parallel`). ``nogil`` and cached on disk (see :mod:`cnnkit.ops._jit`).
 """
 
 from __future__ import annotations
@@ -37,17 +38,18 @@ MIN_ELEMENTS = 1 << 16
 
 @lazy_kernel
 def max_pool_2x2_forward_kernel(numba: Any) -> Any:
-    """``kernel(x, out, arg, relu)``: 2x2 stride-2 max pooling with argmax indices (int8, 0..3)."""
+    """``kernel(x, out, arg, relu, n0, n1)``: 2x2 stride-2 max pooling of images ``n0 : n1`` with argmax
+    indices (int8, 0..3)."""
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(x, out, arg, relu):  # pragma: no cover - compiled
+    def kernel(x, out, arg, relu, n0, n1):  # pragma: no cover - compiled
         n_, h_, w_, c_ = x.shape
         oh_, ow_ = out.shape[1], out.shape[2]
         zero = out.dtype.type(0)
         x2 = x.reshape(n_ * h_, w_ * c_)
         o2 = out.reshape(n_ * oh_, ow_ * c_)
         a2 = arg.reshape(n_ * oh_, ow_ * c_)
-        for n in range(n_):
+        for n in range(n0, n1):
             for oy in range(oh_):
                 row0 = x2[n * h_ + 2 * oy]
                 row1 = x2[n * h_ + 2 * oy + 1]
@@ -81,17 +83,18 @@ def max_pool_2x2_forward_kernel(numba: Any) -> Any:
 
 @lazy_kernel
 def max_pool_2x2_backward_kernel(numba: Any) -> Any:
-    """``kernel(dout, out, arg, dx, relu)``: each gradient to its recorded tap, zeros elsewhere.
+    """``kernel(dout, out, arg, dx, relu, n0, n1)``: each gradient of images ``n0 : n1`` to its recorded
+    tap, zeros elsewhere.
 
     ``dout`` may have any strides; ``out``, ``arg`` and ``dx`` are C-contiguous. Rows and columns the
     floor rule leaves out (odd sizes) are not written.
     """
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(dout, out, arg, dx, relu):  # pragma: no cover - compiled
+    def kernel(dout, out, arg, dx, relu, n0, n1):  # pragma: no cover - compiled
         n_, oh_, ow_, c_ = out.shape
         zero = dx.dtype.type(0)
-        for n in range(n_):
+        for n in range(n0, n1):
             for oy in range(oh_):
                 for ox in range(ow_):
                     for c in range(c_):
@@ -109,7 +112,8 @@ def max_pool_2x2_backward_kernel(numba: Any) -> Any:
 
 @lazy_kernel
 def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
-    """``kernel(x, out, arg, relu)``: the forward kernel for planar input, with a channels-last result.
+    """``kernel(x, out, arg, relu, n0, n1)``: the forward kernel for planar input (images ``n0 : n1``),
+    with a channels-last result.
 
     ``x`` is ``(C, N, H, W)`` C-contiguous: what a few-channel convolution returns (see
     :func:`cnnkit.ops.conv._planar_forward`), so each window's two rows are contiguous runs. ``out`` is
@@ -130,8 +134,8 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
     """
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(x, out, arg, relu):  # pragma: no cover - compiled
-        c_, n_ = x.shape[0], x.shape[1]
+    def kernel(x, out, arg, relu, n0, n1):  # pragma: no cover - compiled
+        c_ = x.shape[0]
         oh_, ow_ = arg.shape[2], arg.shape[3]
         zero, one, two, three = out.dtype.type(0), out.dtype.type(1), out.dtype.type(2), out.dtype.type(3)
         owp = (ow_ + 7) // 8 * 8
@@ -143,7 +147,7 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
         taps = np.empty((c_, oh_ * ow_ + 8), dtype=out.dtype)
         w_ = x.shape[3]
         direct = ow_ % 8 == 0
-        for n in range(n_):
+        for n in range(n0, n1):
             for c in range(c_):
                 if direct:  # whole-vector rows: read in place, taps straight to arg
                     # (the select chain below repeats the scratch path's on purpose: one loop over
@@ -217,7 +221,8 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
 
 @lazy_kernel
 def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
-    """``kernel(dout, out, arg, dx, relu)``: the backward kernel with a planar ``(C, N, H, W)`` ``dx``.
+    """``kernel(dout, out, arg, dx, relu, n0, n1)``: the backward kernel with a planar ``(C, N, H, W)``
+    ``dx`` (images ``n0 : n1``).
 
     ``dout`` and ``out`` are ``(C, N, OH, OW)`` views of any strides, ``arg`` and ``dx`` C-contiguous;
     the convolution that produced the pooled input then reads ``dx`` as its planar gradient without a
@@ -230,7 +235,7 @@ def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
     """
 
     @numba.njit(cache=True, nogil=True)
-    def kernel(dout, out, arg, dx, relu):  # pragma: no cover - compiled
+    def kernel(dout, out, arg, dx, relu, n0, n1):  # pragma: no cover - compiled
         c_, n_, oh_, ow_ = arg.shape
         zero, one, two, three = dx.dtype.type(0), dx.dtype.type(1), dx.dtype.type(2), dx.dtype.type(3)
         owp = (ow_ + 7) // 8 * 8
@@ -239,7 +244,7 @@ def max_pool_2x2_planar_backward_kernel(numba: Any) -> Any:
         grad = np.zeros((c_, oh_ * ow_ + 8), dtype=dx.dtype)
         taps = np.zeros((c_, oh_ * ow_ + 8), dtype=dx.dtype)
         direct = ow_ % 8 == 0 and ow_ <= 32  # short whole-vector rows: see the docstring
-        for n in range(n_):
+        for n in range(n0, n1):
             for oy in range(oh_):
                 for ox in range(ow_):
                     i = oy * ow_ + ox

@@ -44,6 +44,7 @@ import numpy as np
 from ..errors import ConfigError, ShapeError
 from . import _jit
 from ._args import Pair, check_array, pair
+from ._parallel import run_split
 
 IntOrPair = int | Sequence[int]
 
@@ -312,10 +313,10 @@ def _max_fast_forward(
     out = _alloc((n, c, *g.out_size), x.dtype, True)
     if planar:
         arg = np.empty((c, n, *g.out_size), dtype=x.dtype)  # float indices: see the kernel
-        kernel(x.transpose(1, 0, 2, 3), out.transpose(1, 0, 2, 3), arg, relu)
+        run_split(kernel, n, x.transpose(1, 0, 2, 3), out.transpose(1, 0, 2, 3), arg, relu)
     else:
         arg = np.empty((n, *g.out_size, c), dtype=np.int8)
-        kernel(x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
+        run_split(kernel, n, x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
     return out, _FastCache("max", x.shape, out, arg, g, relu, planar)
 
 
@@ -338,7 +339,9 @@ def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
     else:
         kernel = _pool_kernels().max_pool_2x2_backward_kernel()
     if kernel is not None:
-        kernel(
+        run_split(
+            kernel,
+            n,
             dout.transpose(*axes),
             cache.out.transpose(*axes),
             cache.arg,
