@@ -756,8 +756,8 @@ def add_threads_argument(parser: Any) -> None:
         type=arg_type(parse_threads),
         default="auto",
         metavar="auto|N",
-        help="BLAS threads; auto (default) uses the idle cores (1 when the machine is busy). "
-        "Needs threadpoolctl; without it NumPy's default is kept",
+        help="BLAS threads and cnnkit's own kernel threads; auto (default) uses the idle cores (1 when "
+        "the machine is busy). Needs threadpoolctl; without it NumPy's default is kept",
     )
 
 
