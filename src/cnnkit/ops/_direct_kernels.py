@@ -45,7 +45,7 @@ import numpy as np
 
 from ._jit import lazy_kernel
 
-__all__ = ["conv_relu_max_pool_planar_kernel"]
+__all__ = ["conv_relu_max_pool_planar_kernel", "planar_weight_grad_kernel"]
 
 
 @lazy_kernel
@@ -161,5 +161,82 @@ def conv_relu_max_pool_planar_kernel(numba: Any) -> Any:
                     pixel = o[oy, ox]
                     for f in range(f_):
                         pixel[f] = pooled[f, i]
+
+    return kernel
+
+
+@lazy_kernel
+def planar_weight_grad_kernel(numba: Any) -> Any:
+    """``kernel(xp, dy, dw, n0, n1)``: adds images ``n0 : n1``'s share of a stride-1 convolution's
+    weight gradient to ``dw``: ``dw[f, c, p, q] += sum_{n, y, x} dy[f, n, y, x] * xp[c, n, y + p, x + q]``
+    (notes §7.2: the cross-correlation of the input with the output gradient).
+
+    - ``xp`` ``(C, N, Hp, Wp)`` C-contiguous: the zero-padded input of the forward pass (planar);
+    - ``dy`` ``(F, N, OH, OW)`` C-contiguous: the output gradient, planar, ``OH = Hp - KH + 1``;
+    - ``dw`` ``(F, C, KH, KW)`` C-contiguous, ``KW`` 3 or 5.
+
+    The same flat-plane indexing as the forward kernel: each gradient plane is first copied into a
+    buffer with the input's row length ``Wp`` (zeros in the ``KW - 1`` extra columns), so that every
+    tap of one kernel row is one dot product over the whole plane, ``sum_i g[i] * plane[i + p*Wp + q]``,
+    the ``KW`` taps of a row in one pass (one load of ``g`` for ``KW`` multiply-adds). The dot products
+    are vectorised with reassociated sums (``fastmath``): float32 results differ from the GEMM's by
+    rounding. Calls on disjoint image ranges with separate ``dw`` may run at once (:mod:`._parallel`).
+    """
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, fastmath={"reassoc", "contract", "nsz"})
+    def kernel(xp, dy, dw, n0, n1):  # pragma: no cover - compiled
+        c_, wp = xp.shape[0], xp.shape[3]
+        f_, oh, ow = dy.shape[0], dy.shape[2], dy.shape[3]
+        kh, kw = dw.shape[2], dw.shape[3]
+        m = oh * wp - (kw - 1)  # as in the forward kernel: every read stays inside the plane
+        g_buf = np.zeros(oh * wp, dtype=dy.dtype)  # the gradient plane at row length Wp
+        g = g_buf[0:m]
+        zero = dy.dtype.type(0)
+        for n in range(n0, n1):
+            for f in range(f_):
+                plane_dy = dy[f, n]
+                for y in range(oh):
+                    src = plane_dy[y]
+                    dst = g_buf[y * wp : y * wp + ow]
+                    for x in range(ow):
+                        dst[x] = src[x]
+                for c in range(c_):
+                    plane = xp[c, n].reshape(-1)
+                    for p in range(kh):
+                        row = plane[p * wp : p * wp + m + kw - 1]
+                        if kw == 5:
+                            r0, r1, r2, r3, r4 = (
+                                row[0:m],
+                                row[1 : m + 1],
+                                row[2 : m + 2],
+                                row[3 : m + 3],
+                                row[4 : m + 4],
+                            )
+                            s0 = s1 = s2 = s3 = s4 = zero
+                            for i in range(m):
+                                v = g[i]
+                                s0 += v * r0[i]
+                                s1 += v * r1[i]
+                                s2 += v * r2[i]
+                                s3 += v * r3[i]
+                                s4 += v * r4[i]
+                            taps = dw[f, c, p]
+                            taps[0] += s0
+                            taps[1] += s1
+                            taps[2] += s2
+                            taps[3] += s3
+                            taps[4] += s4
+                        else:
+                            r0, r1, r2 = row[0:m], row[1 : m + 1], row[2 : m + 2]
+                            s0 = s1 = s2 = zero
+                            for i in range(m):
+                                v = g[i]
+                                s0 += v * r0[i]
+                                s1 += v * r1[i]
+                                s2 += v * r2[i]
+                            taps = dw[f, c, p]
+                            taps[0] += s0
+                            taps[1] += s1
+                            taps[2] += s2
 
     return kernel
