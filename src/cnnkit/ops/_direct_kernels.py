@@ -1,11 +1,13 @@
-"""Compiled (Numba) direct convolution of a few-channel first layer, fused with ReLU and 2x2 max pooling.
+"""Compiled (Numba) direct convolution of a few-channel first layer: the forward pass fused with ReLU
+and 2x2 max pooling, and the weight gradient (:func:`planar_weight_grad_kernel`, used by
+:func:`cnnkit.ops.conv._direct_weight_grad` when no input gradient is wanted).
 
-Used by :func:`cnnkit.ops.fused.conv2d_relu_max_pool2d_forward` for the first block of notes §5 and §9
+The forward kernel serves :func:`cnnkit.ops.fused.conv2d_relu_max_pool2d_forward` for the first block of notes §5 and §9
 (RGB input, 3x3 filters) and of LeNet-5 (§10.1: grey input, 5x5 filters): stride 1, ReLU, 2x2 pooling.
 The im2col path computes such a layer as a GEMM with a tiny inner size (``C*KH*KW + 1``: 28 or 26),
 which OpenBLAS runs at about half its speed, after unfolding the input into ``KH*KW`` copies, then
 writes the whole convolution output (the block's largest array: 8 MB for notes §5 at batch 64) and
-pools it in a second pass. This kernel computes one output plane at a time in a cache-resident
+pools it in a second pass. The forward kernel computes one output plane at a time in a cache-resident
 buffer and pools it there; only the pooled quarter is written.
 
 The "flat plane" trick keeps the inner loop long and free of edges: with the padded input plane
@@ -27,10 +29,10 @@ see ``benchmarks/README.md``): notes §5's first block at batch 64 (64x3x32x32, 
 54 -> 38 ms alone; LeNet-5 at batch 128 (128x1x28x28, 6 filters 5x5) forward 7.7 -> 5.8 ms, training
 step 25.1 -> 22.2 ms. The convolution alone is no faster than the GEMM for 32 filters (4.4 vs 4.5 ms;
 with 64, ResNet's stem, 10.6 vs 6.6 ms), so only the fused block uses it: the gain is the unfold
-avoided and the pooling done in cache. Serial like every kernel here: two Python threads splitting
-the images ran no faster inside a model, because OpenBLAS's worker thread keeps spinning on the second
-core after each GEMM (the layers before this one run GEMMs every step), even with OpenBLAS set to one
-thread around the kernel.
+avoided and the pooling done in cache. The kernels take an image range and :mod:`._parallel` splits
+a batch across threads: §5's forward pass at batch 64 16.3 -> 13.3 ms, once OpenBLAS's idle workers
+stopped holding the second core (:mod:`cnnkit._blas_spin`; before that, two threads ran no faster
+inside a model).
 
 The sums run in a different order than the GEMM's, so the values agree with the im2col path to
 float32 rounding (a few 1e-7 relative), not bit for bit; the tests hold them to the loop reference

@@ -7,10 +7,10 @@ largest array, is never written. Two convolutions do this:
 - Winograd's F(4x4, 3x3) (:mod:`cnnkit.ops.winograd`, 3x3 stride 1, >= 16 channels in and out): every
   4x4 output tile holds four whole pooling windows, pooled by the output transform. The values are
   exactly the unfused ones (the same arithmetic in the same order; the tests compare them bit for bit).
-- A network's first layer on grey or RGB images (at most 3 channels, 3x3, stride 1): a direct
-  convolution one output plane at a time (:mod:`cnnkit.ops._direct_kernels`), pooled in cache, in
-  place of im2col's GEMM with inner size 28. Its sums run in another order than the GEMM's: the
-  values agree with the unfused ones to float32 rounding, not bit for bit.
+- A network's first layer on grey or RGB images (at most 3 channels, 3x3 or 5x5 filters, stride 1):
+  a direct convolution one output plane at a time (:mod:`cnnkit.ops._direct_kernels`), pooled in
+  cache, in place of im2col's GEMM with inner size 28 (or 26). Its sums run in another order than the
+  GEMM's: the values agree with the unfused ones to float32 rounding, not bit for bit.
 
 Backward needs nothing new: the pooling's backward (the ReLU mask on the pooled gradient, each
 gradient to its window's first maximum) gives the convolution's output gradient, and the convolution's
@@ -94,8 +94,8 @@ def _winograd_block(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: _S
 
 
 def _direct_applies(spec: _Spec) -> bool:
-    """A first layer (at most 3 channels, one group) with 3x3 filters, stride 1, no dilation, on an
-    input big enough for the compiled kernel."""
+    """A first layer (at most 3 channels, one group) with filters in ``DIRECT_KERNELS``, stride 1, no
+    dilation, on an input big enough for the compiled kernel."""
     n, c = spec.x_shape[:2]
     hp, wp = spec.padded_hw
     return (
