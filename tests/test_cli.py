@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,14 @@ import pytest
 from PIL import Image
 
 from cnnkit.cli import build_parser, main
-from cnnkit.cli._common import auto_threads, format_table, parse_augment, parse_image_size, parse_shape
+from cnnkit.cli._common import (
+    auto_threads,
+    busy_cores,
+    format_table,
+    parse_augment,
+    parse_image_size,
+    parse_shape,
+)
 from cnnkit.errors import ConfigError
 
 CLASSES = ["bars", "dots", "plain"]
@@ -444,6 +452,35 @@ def test_auto_threads() -> None:
     assert auto_threads(2, 1.0) == 1
     assert auto_threads(2, 5.0) == 1  # oversubscribed: one thread
     assert auto_threads(16, 3.2) == 13
+
+
+def _fake(*values):
+    it = iter(values)
+    return lambda *_: next(it)
+
+
+def test_busy_cores_counts_other_processes_only() -> None:
+    # 1.5 CPU-seconds busy machine-wide over 1 s of wall time, 0.5 of them this process's own
+    busy = busy_cores(
+        read_busy=_fake(10.0, 11.5), own_seconds=_fake(2.0, 2.5), clock=_fake(0.0, 1.0), sleep=_fake(None)
+    )
+    assert busy == pytest.approx(1.0)
+    idle = busy_cores(
+        read_busy=_fake(10.0, 10.1), own_seconds=_fake(2.0, 2.2), clock=_fake(0.0, 1.0), sleep=_fake(None)
+    )
+    assert idle == 0.0  # never negative (clock ticks are coarse)
+
+
+def test_busy_cores_without_proc_stat_is_none() -> None:
+    def missing() -> float:
+        raise OSError("no /proc/stat")
+
+    assert busy_cores(read_busy=missing, sleep=_fake(None)) is None
+
+
+def test_busy_cores_reads_this_machine() -> None:
+    busy = busy_cores(window=0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 0.5
 
 
 def test_format_table_aligns_columns() -> None:

@@ -132,6 +132,8 @@ def conv_relu_max_pool_planar_kernel(numba: Any) -> Any:
                         )
                         for i in range(m):
                             dst[i] += w0 * s0[i] + w1 * s1[i] + w2 * s2[i] + w3 * s3[i] + w4 * s4[i]
+                # the planar pooling kernel's select chain (_pool_kernels), repeated: a Numba helper
+                # shared between lazily built kernels is a closure, which the disk cache misses
                 for oy in range(oh2):
                     r0 = acc[2 * oy * wp : 2 * oy * wp + 2 * owp]
                     r1 = acc[(2 * oy + 1) * wp : (2 * oy + 1) * wp + 2 * owp]
