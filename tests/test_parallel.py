@@ -105,3 +105,20 @@ def test_cli_threads_limit_the_kernel_threads_too():
     with blas_threads(1, "test") as limit:
         assert limit == 1 and _parallel.threads() == 1
     assert _parallel.threads() == _parallel._cpus()
+
+
+def test_a_forked_child_makes_its_own_pool(restore_threads):
+    """The helpers do not survive fork: a child that splits work must not wait on its parent's pool."""
+    _parallel.set_threads(2)
+    _parallel.run_split(lambda n0, n1: None, 4)  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            seen = []
+            _parallel.run_split(lambda n0, n1: seen.append((n0, n1)), 4, chunk=1)
+            code = 0 if sorted(seen) == [(0, 1), (1, 2), (2, 3), (3, 4)] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

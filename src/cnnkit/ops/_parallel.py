@@ -64,7 +64,8 @@ def _drop_pool_in_child() -> None:
     _pool = None
 
 
-os.register_at_fork(after_in_child=_drop_pool_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_drop_pool_in_child)
 
 
 def run_split(kernel: Callable[..., Any], n: int, *args: Any, chunk: int | None = None) -> None:
