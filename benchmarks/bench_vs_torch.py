@@ -20,9 +20,9 @@ Peak memory of a training step is measured in a fresh subprocess per library: af
 the kernel's peak-RSS counter is reset, and the figure is the peak over three steps minus the RSS before
 them (so library import size, model weights and one-off start-up costs are not counted). A 1024^3 float32 GEMM is
 timed before and after the run: if it fell below ``STARVED_GFLOPS`` the host starved a CPU and the run
-is flagged. The BLAS kernel that ran is reported (threadpoolctl), with OpenBLAS's idle spin: cnnkit
-is imported before NumPy here, as the ``cnnkit`` command does, so it set ``OPENBLAS_THREAD_TIMEOUT``
-(:mod:`cnnkit._blas_spin`; PyTorch's MKL and OpenMP threads do not read it).
+is flagged. The BLAS kernel that ran is reported (threadpoolctl), with OpenBLAS's idle spin, which
+``import cnnkit`` shortens (``OPENBLAS_THREAD_TIMEOUT``, :mod:`cnnkit._blas_spin`), as in any program
+that uses cnnkit; PyTorch's MKL and OpenMP threads do not read it.
 """
 
 from __future__ import annotations
@@ -38,12 +38,9 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
-# isort: off
-# cnnkit before NumPy, as in any program that imports it first: it sets OpenBLAS's spin (cnnkit._blas_spin)
-import cnnkit  # noqa: F401
-
-# isort: on
 import numpy as np
+
+import cnnkit  # noqa: F401  (now, before any timing: it shortens OpenBLAS's idle spin, cnnkit._blas_spin)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -8,8 +8,7 @@ this thread and ``threads() - 1`` helpers, so a thread that gets less CPU simply
 A helper only gets a core when OpenBLAS's idle worker threads let it go: they spin after each GEMM
 for ``OPENBLAS_THREAD_TIMEOUT`` (2^28 cycles, about 0.1 s, by default) without yielding, so in a
 network, where GEMMs run every few milliseconds, the helper found no free core and the split ran no
-faster. ``import cnnkit`` shortens that spin when it comes before NumPy's import (see
-:mod:`cnnkit._blas_spin`). Measured on the 2-core project machine, alternating in one process: notes
+faster. ``import cnnkit`` shortens that spin (see :mod:`cnnkit._blas_spin`). Measured on the 2-core project machine, alternating in one process: notes
 §5's forward pass at batch 64 16.3 -> 13.3 ms with the direct layer split; the pooling split gained
 2-5% on LeNet-5's training step and nothing measurable on §5's. Splitting the Winograd transforms
 gained nothing (each runs for ~0.25 ms right after a GEMM, inside the shortened spin), so they stay
