@@ -1,5 +1,6 @@
-"""A first layer's weight gradient by the direct kernel (cnnkit.ops._direct_kernels.planar_weight_grad_kernel),
-taken when no input gradient is wanted: against the loop reference, PyTorch, and the GEMM path it replaces."""
+"""A first layer's weight gradient by the direct kernel (``planar_weight_grad_kernel`` in
+cnnkit.ops._direct_kernels), taken when no input gradient is wanted: against the loop reference,
+PyTorch, and the GEMM path it replaces."""
 
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 and 2x2 max pooling, and the weight gradient (:func:`planar_weight_grad_kernel`, used by
 :func:`cnnkit.ops.conv._direct_weight_grad` when no input gradient is wanted).
 
-The forward kernel serves :func:`cnnkit.ops.fused.conv2d_relu_max_pool2d_forward` for the first block of notes §5 and §9
-(RGB input, 3x3 filters) and of LeNet-5 (§10.1: grey input, 5x5 filters): stride 1, ReLU, 2x2 pooling.
-The im2col path computes such a layer as a GEMM with a tiny inner size (``C*KH*KW + 1``: 28 or 26),
-which OpenBLAS runs at about half its speed, after unfolding the input into ``KH*KW`` copies, then
-writes the whole convolution output (the block's largest array: 8 MB for notes §5 at batch 64) and
-pools it in a second pass. The forward kernel computes one output plane at a time in a cache-resident
-buffer and pools it there; only the pooled quarter is written.
+The forward kernel serves :func:`cnnkit.ops.fused.conv2d_relu_max_pool2d_forward` for the first block
+of notes §5 and §9 (RGB input, 3x3 filters) and of LeNet-5 (§10.1: grey input, 5x5 filters): stride 1,
+ReLU, 2x2 pooling. The im2col path computes such a layer as a GEMM with a tiny inner size
+(``C*KH*KW + 1``: 28 or 26), which OpenBLAS runs at about half its speed, after unfolding the input into
+``KH*KW`` copies, then writes the whole convolution output (the block's largest array: 8 MB for notes
+§5 at batch 64) and pools it in a second pass. The forward kernel computes one output plane at a time
+in a cache-resident buffer and pools it there; only the pooled quarter is written.
 
 The "flat plane" trick keeps the inner loop long and free of edges: with the padded input plane
 ``xp[c, n]`` (``Hp x Wp``) read as one vector, output ``(y, x)`` sits at ``i = y*Wp + x`` and

@@ -5,14 +5,14 @@ Most of cnnkit's work is BLAS, which brings its own threads. Compiled kernels th
 pooling (:mod:`._pool_kernels`). :func:`run_split` hands out chunks of images from a shared counter to
 this thread and ``threads() - 1`` helpers, so a thread that gets less CPU simply takes fewer chunks.
 
-A helper only gets a core when OpenBLAS's idle worker threads let it go: they spin after each GEMM
-for ``OPENBLAS_THREAD_TIMEOUT`` (2^28 cycles, about 0.1 s, by default) without yielding, so in a
-network, where GEMMs run every few milliseconds, the helper found no free core and the split ran no
-faster. ``import cnnkit`` shortens that spin (see :mod:`cnnkit._blas_spin`). Measured on the 2-core project machine, alternating in one process: notes
-§5's forward pass at batch 64 16.3 -> 13.3 ms with the direct layer split; the pooling split gained
-2-5% on LeNet-5's training step and nothing measurable on §5's. Splitting the Winograd transforms
-gained nothing (each runs for ~0.25 ms right after a GEMM, inside the shortened spin), so they stay
-serial.
+A helper only gets a core when OpenBLAS's idle worker threads let it go: they spin after each GEMM for
+``OPENBLAS_THREAD_TIMEOUT`` (2^28 cycles, about 0.1 s, by default) without yielding, so in a network,
+where GEMMs run every few milliseconds, the helper found no free core and the split ran no faster.
+``import cnnkit`` shortens that spin (see :mod:`cnnkit._blas_spin`). Measured on the 2-core project
+machine, alternating in one process: notes §5's forward pass at batch 64 16.3 -> 13.3 ms with the direct
+layer split; the pooling split gained 2-5% on LeNet-5's training step and nothing measurable on §5's.
+Splitting the Winograd transforms gained nothing (each runs for ~0.25 ms right after a GEMM, inside the
+shortened spin), so they stay serial.
 
 Threads: every CPU this process may run on, or what :func:`set_threads` says (the CLI's
 ``--threads`` sets it together with the BLAS threads). The pool is made on first use and dropped in
