@@ -254,6 +254,16 @@ def _residual(g: GraphBuilder, layer: Any, x: str, path: str) -> str:
     return g.node("Relu", [g.node("Add", [out, short], path)], path)
 
 
+@register_converter("Residual")
+def _residual_sum(g: GraphBuilder, layer: Any, x: str, path: str) -> str:
+    """``main(x) + shortcut(x)`` (models/residual_sum.py)."""
+    out = g.convert(layer.main, x, f"{path}.main" if path else "main")
+    short = x
+    if layer.shortcut is not None:
+        short = g.convert(layer.shortcut, x, f"{path}.shortcut" if path else "shortcut")
+    return g.node("Add", [out, short], path)
+
+
 # --------------------------------------------------------------------------------------------- the model
 def _normalisation(model: Layer) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel ``(m, s)`` with ``network input = (x - m) / s`` for pixels ``x`` in [0, 1], from the
@@ -315,6 +325,7 @@ def to_onnx(model: Layer, *, logits: bool = False, include_preprocessing: bool =
             f"2 classes, as predict needs; got {out_shape}"
         )
     g = GraphBuilder(model)
+    added_softmax = False
     x = "input"
     g._used.add(x)
     norm = _normalisation(model) if include_preprocessing else None
@@ -335,6 +346,7 @@ def to_onnx(model: Layer, *, logits: bool = False, include_preprocessing: bool =
         y = g.convert(model, x, "")
         if not logits:
             y = g.node("Softmax", [y], "probabilities", axis=1)
+            added_softmax = True
     if g.unsupported:
         raise ConfigError(
             f"export: no ONNX converter for {len(g.unsupported)} layer(s): {', '.join(g.unsupported)}; "
@@ -361,6 +373,8 @@ def to_onnx(model: Layer, *, logits: bool = False, include_preprocessing: bool =
         "output": out_name,
         "input": "pixels in [0, 1] (pixels / 255), NCHW" if norm is not None else "normalised images, NCHW",
     }
+    if added_softmax:  # predict's softmax, not a layer of the model: cnnkit.onnx.load leaves it out
+        meta["cnnkit_added_softmax"] = "true"
     names = getattr(model, "class_names", None)
     if names:
         meta["class_names"] = json.dumps([str(n) for n in names])

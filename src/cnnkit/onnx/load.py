@@ -1,2 +1,572 @@
-def load(path): raise NotImplementedError
-def state_dict_from_onnx(path): raise NotImplementedError
+"""Import an ONNX graph as a cnnkit model: ``model = cnnkit.onnx.load("model.onnx")``.
+
+The graph must be made of the ops cnnkit has: ``Conv``, ``Relu``, ``LeakyRelu``, ``MaxPool``,
+``AveragePool``, ``GlobalAveragePool``, ``ReduceMean`` over the spatial axes, ``BatchNormalization``,
+``Gemm`` or ``MatMul`` (+ ``Add`` of a bias), ``Flatten`` or ``Reshape`` to 2-D, ``Add`` of two branches
+(residual connections), ``Softmax``, ``Dropout`` and ``Identity``. Anything else is one
+:class:`~cnnkit.errors.ConfigError` that lists every unsupported op and the nodes that use it.
+
+The result is a :class:`~cnnkit.models.Sequential` (children ``"0"``, ``"1"``, ...). A fork whose two
+branches meet again in an ``Add`` becomes a :class:`~cnnkit.models.Residual` (``main`` and ``shortcut``,
+each a Sequential; an empty branch is the identity), so PyTorch's ResNets load whether or not their batch
+norm was folded into the convolutions. Spatial sizes must be fixed; the batch axis may be dynamic.
+
+Files are checked before anything large is allocated: the file must parse as an ``onnx.ModelProto``
+(a truncated file does not), the default-domain opset must be one cnnkit reads
+(:data:`MIN_OPSET`..:data:`MAX_OPSET`), every initializer's stated size must match its bytes, and
+external data must lie inside the model's folder and inside its file. Nothing in the file is executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, FileFormatError, ShapeError
+from ..layers.base import Layer
+from ._deps import require_onnx
+
+__all__ = ["MAX_OPSET", "MIN_OPSET", "SUPPORTED_OPS", "load", "state_dict_from_onnx"]
+
+#: Default-domain opsets whose semantics for :data:`SUPPORTED_OPS` the importer knows.
+MIN_OPSET, MAX_OPSET = 9, 21
+
+SUPPORTED_OPS = frozenset(
+    {
+        "Conv", "Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
+        "BatchNormalization", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax", "Dropout",
+        "Identity", "Constant",
+    }
+)  # fmt: skip
+
+#: Largest file read whole (protobuf's own limit); bigger models keep their weights as external data.
+MAX_FILE_BYTES = 2**31 - 1
+
+# ONNX TensorProto data types cnnkit reads: numpy dtype of the stored values
+_DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64, 16: "bfloat16"}
+
+
+def _fail(path: str, message: str) -> FileFormatError:
+    return FileFormatError(f"{path}: {message}")
+
+
+# ============================================================================================== reading
+def _read_proto(path: str) -> Any:
+    onnx = require_onnx()
+    if not os.path.isfile(path):
+        raise _fail(path, "no such file" if not os.path.exists(path) else "is not a file")
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise _fail(path, f"is {size:,} bytes, more than ONNX's 2 GiB limit for one file")
+    if size == 0:
+        raise _fail(path, "is empty; expected an ONNX model")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as err:  # protobuf's DecodeError and friends: any failure means a bad file
+        raise _fail(path, f"is not a valid ONNX file, or it is truncated ({type(err).__name__}: {err})") from None
+    if not proto.HasField("graph") or not proto.graph.node:
+        raise _fail(path, "holds no graph (an empty or truncated ONNX file)")
+    opsets = {op.domain: op.version for op in proto.opset_import}
+    version = opsets.get("", opsets.get("ai.onnx"))
+    if version is None:
+        raise _fail(path, "declares no default-domain opset (opset_import)")
+    if not MIN_OPSET <= version <= MAX_OPSET:
+        raise _fail(path, f"uses opset {version}; cnnkit reads opsets {MIN_OPSET} to {MAX_OPSET}")
+    return proto
+
+
+def _tensor(tensor: Any, path: str) -> np.ndarray:
+    """An initializer (or Constant value) as a NumPy array, sizes checked before allocating."""
+    name = tensor.name or "(unnamed)"
+    kind = _DTYPES.get(tensor.data_type)
+    if kind is None:
+        raise _fail(path, f"tensor {name!r} has ONNX data type {tensor.data_type}, which cnnkit does not read")
+    dims = [int(d) for d in tensor.dims]
+    if any(d < 0 for d in dims):
+        raise _fail(path, f"tensor {name!r} has negative dimensions {dims}")
+    count = math.prod(dims)
+    itemsize = 2 if kind == "bfloat16" else np.dtype(kind).itemsize
+    nbytes = count * itemsize
+    if tensor.data_location == 1:  # EXTERNAL
+        raw = _external(tensor, path, nbytes)
+    elif tensor.HasField("raw_data"):
+        raw = tensor.raw_data
+        if len(raw) != nbytes:
+            raise _fail(
+                path,
+                f"tensor {name!r} of shape {dims} needs {nbytes:,} bytes but holds {len(raw):,}; "
+                "the file is corrupt or truncated",
+            )
+    else:
+        values = {1: tensor.float_data, 6: tensor.int32_data, 7: tensor.int64_data, 11: tensor.double_data}
+        if tensor.data_type in (10, 16):
+            held = tensor.int32_data
+            if len(held) != count:
+                raise _fail(path, f"tensor {name!r} of shape {dims} holds {len(held):,} values, not {count:,}")
+            bits = np.asarray(held, dtype=np.uint16)
+            return _from_bits(bits, kind).reshape(dims)
+        held = values[tensor.data_type]
+        if len(held) != count:
+            raise _fail(path, f"tensor {name!r} of shape {dims} holds {len(held):,} values, not {count:,}")
+        return np.asarray(held, dtype=kind).reshape(dims)
+    if kind == "bfloat16":
+        return _from_bits(np.frombuffer(raw, dtype="<u2"), kind).reshape(dims)
+    return np.frombuffer(raw, dtype=np.dtype(kind).newbyteorder("<")).astype(kind).reshape(dims)
+
+
+def _from_bits(bits: np.ndarray, kind: Any) -> np.ndarray:
+    if kind == "bfloat16":
+        return (bits.astype(np.uint32) << 16).view(np.float32)
+    return bits.view(np.float16).astype(np.float32)
+
+
+def _external(tensor: Any, path: str, nbytes: int) -> bytes:
+    """Bytes of an external-data tensor, from a file inside the model's folder."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    name = tensor.name
+    location = info.get("location")
+    if not location:
+        raise _fail(path, f"tensor {name!r} is stored externally but names no location")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    target = os.path.realpath(os.path.join(folder, location))
+    if os.path.isabs(location) or os.path.commonpath([folder, target]) != folder:
+        raise _fail(
+            path,
+            f"tensor {name!r}: external data path {location!r} points outside the model's folder {folder}; "
+            "refused",
+        )
+    if not os.path.isfile(target):
+        raise _fail(path, f"tensor {name!r}: external data file {location!r} does not exist")
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", nbytes))
+    except ValueError:
+        raise _fail(path, f"tensor {name!r}: external data offset/length are not integers: {info}") from None
+    size = os.path.getsize(target)
+    if offset < 0 or length != nbytes or offset + length > size:
+        raise _fail(
+            path,
+            f"tensor {name!r}: external data [{offset:,}, {offset + length:,}) of {location!r} must hold "
+            f"{nbytes:,} bytes inside the file's {size:,}",
+        )
+    with open(target, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(length)
+    if len(data) != length:
+        raise _fail(path, f"tensor {name!r}: read {len(data):,} of {length:,} bytes from {location!r}")
+    return data
+
+
+def _constants(proto: Any, path: str) -> dict[str, np.ndarray]:
+    """Initializers, ``Constant`` outputs and ``Identity`` copies of them, by tensor name."""
+    out = {t.name: _tensor(t, path) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    out[node.output[0]] = _tensor(attr.t, path)
+                elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                    value = {"value_float": attr.f, "value_floats": list(attr.floats)}.get(attr.name)
+                    if value is None:
+                        value = attr.i if attr.name == "value_int" else list(attr.ints)
+                    out[node.output[0]] = np.asarray(value)
+        elif node.op_type == "Identity" and node.input and node.input[0] in out:
+            out[node.output[0]] = out[node.input[0]]
+    return out
+
+
+def state_dict_from_onnx(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The named initializers of an ONNX file: ``{name: array}``.
+
+    A cnnkit export names them as the model's state dict (``features.0.weight``), and so does
+    ``torch.onnx.export`` for parameters it keeps (without batch-norm folding), so this is how
+    ``cnnkit train --init-weights model.onnx`` reads weights (:func:`cnnkit.load_weights`).
+    """
+    name = os.fspath(path)
+    proto = _read_proto(name)
+    return {t.name: _tensor(t, name) for t in proto.graph.initializer}
+
+
+# ============================================================================================== building
+def _attrs(node: Any) -> dict[str, Any]:
+    onnx = require_onnx()
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _where(node: Any) -> str:
+    return f"node {node.name or '(unnamed)'} ({node.op_type})"
+
+
+@dataclass
+class _Builder:
+    path: str
+    nodes: list[Any]
+    consts: dict[str, np.ndarray]
+    opset: int
+    consumers: dict[str, list[Any]] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        for node in self.nodes:
+            for name in node.input:
+                if name and name not in self.consts:
+                    self.consumers.setdefault(name, []).append(node)
+
+    def fail(self, node: Any, message: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {_where(node)}: {message}")
+
+    def const(self, node: Any, index: int, what: str) -> np.ndarray:
+        if len(node.input) <= index or node.input[index] not in self.consts:
+            raise self.fail(node, f"{what} (input {index}) must be a constant initializer")
+        return self.consts[node.input[index]]
+
+    def data_inputs(self, node: Any) -> list[str]:
+        return [name for name in node.input if name and name not in self.consts]
+
+    def is_merge(self, node: Any) -> bool:
+        return node.op_type == "Add" and len(self.data_inputs(node)) == 2
+
+    def sequence(self, tensor: str, shape: tuple[int, ...], stop: set[str]) -> tuple[list[Layer], str, Any]:
+        """Layers from ``tensor`` on, until the graph output, or a merging ``Add`` (returned third)."""
+        layers: list[Layer] = []
+        while True:
+            users = [n for n in self.consumers.get(tensor, []) if id(n) not in self.done]
+            if tensor in stop or not users:
+                return layers, tensor, None
+            if len(users) == 1:
+                node = users[0]
+                if self.is_merge(node):
+                    return layers, tensor, node
+                new, tensor = self.convert(node, shape)
+                for layer in new:
+                    shape = self._build(layer, shape, node)
+                layers.extend(new)
+                continue
+            if len(users) != 2:
+                raise self.fail(users[0], f"tensor {tensor!r} feeds {len(users)} nodes; cnnkit models fork in two")
+            branches = []
+            for user in users:
+                if self.is_merge(user):
+                    branches.append(([], tensor, user))
+                else:
+                    new, out = self.convert(user, shape)
+                    sub_shape = shape
+                    for layer in new:
+                        sub_shape = self._build(layer, sub_shape, user)
+                    rest, end, merge = self.sequence(out, sub_shape, stop)
+                    branches.append((new + rest, end, merge))
+            merges = {id(b[2]) for b in branches}
+            if None in (b[2] for b in branches) or len(merges) != 1:
+                raise self.fail(users[0], f"the two branches from {tensor!r} do not meet in one Add")
+            add = branches[0][2]
+            self.done.add(id(add))
+            branches.sort(key=lambda b: -len(b[0]))  # the longer branch is the main one
+            layers.append(self._residual(branches[0][0], branches[1][0], shape, add))
+            shape = layers[-1].output_shape
+            tensor = add.output[0]
+
+    def _residual(self, main: list[Layer], short: list[Layer], shape: tuple[int, ...], add: Any) -> Layer:
+        from ..models import Residual, Sequential
+
+        if not main:
+            raise self.fail(add, "adds a tensor to itself; not a residual connection")
+        block = Residual(
+            Sequential(main, name="main", seed=0),
+            Sequential(short, name="shortcut", seed=0) if short else None,
+            seed=0,
+        )
+        self._build(block, shape, add)
+        return block
+
+    def _build(self, layer: Layer, shape: tuple[int, ...], node: Any) -> tuple[int, ...]:
+        if not layer.built:
+            try:
+                layer.build(shape)
+            except ShapeError as err:
+                raise self.fail(node, f"does not fit its input (per sample {shape}): {err}") from None
+        return tuple(layer.output_shape)
+
+    # ------------------------------------------------------------------------------------ one node
+    def convert(self, node: Any, shape: tuple[int, ...]) -> tuple[list[Layer], str]:
+        from .. import layers as L
+
+        self.done.add(id(node))
+        op, a = node.op_type, _attrs(node)
+        out = node.output[0]
+        if op in ("Identity",) or (op == "Dropout" and not self._dropout_rate(node, a)):
+            return [], out
+        if op == "Conv":
+            return [self._conv(node, a, shape)], out
+        if op == "Relu":
+            return [L.ReLU()], out
+        if op == "LeakyRelu":
+            return [L.LeakyReLU(float(a.get("alpha", 0.01)))], out
+        if op in ("MaxPool", "AveragePool"):
+            return [self._pool(node, a, shape)], out
+        if op == "GlobalAveragePool":
+            return [L.GlobalAvgPool2D()], out
+        if op == "ReduceMean":
+            return self._reduce_mean(node, a, shape), out
+        if op == "BatchNormalization":
+            return [self._batch_norm(node, a, shape)], out
+        if op == "Gemm":
+            return [self._gemm(node, a, shape)], out
+        if op == "MatMul":
+            return self._matmul(node, shape)
+        if op == "Add":
+            raise self.fail(node, "adds a constant to a tensor that no MatMul made; not a cnnkit layer")
+        if op in ("Flatten", "Reshape"):
+            return [self._flatten(node, a, shape)], out
+        if op == "Softmax":
+            return [self._softmax(node, a, shape)], out
+        if op == "Dropout":
+            return [L.Dropout(self._dropout_rate(node, a))], out
+        raise self.fail(node, "is not supported")  # pragma: no cover - filtered before building
+
+    def _conv(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+        from ..layers import Conv2D
+
+        weight = self.const(node, 1, "the weight")
+        bias = self.const(node, 2, "the bias") if len(node.input) > 2 and node.input[2] else None
+        if weight.ndim != 4 or len(shape) != 3:
+            raise self.fail(node, f"only 2-D convolutions of (C, H, W) inputs, got weight {weight.shape}, input {shape}")
+        kernel = tuple(int(k) for k in a.get("kernel_shape", weight.shape[2:]))
+        pads = self._pads(node, a, kernel, tuple(a.get("dilations", (1, 1))), tuple(a.get("strides", (1, 1))), shape)
+        layer = Conv2D(
+            int(weight.shape[0]),
+            kernel,
+            stride=tuple(int(s) for s in a.get("strides", (1, 1))),
+            padding=(pads[0], pads[2], pads[1], pads[3]),
+            dilation=tuple(int(d) for d in a.get("dilations", (1, 1))),
+            groups=int(a.get("group", 1)),
+            use_bias=bias is not None,
+            seed=0,
+        )
+        self._build(layer, shape, node)
+        self._set(layer, node, weight=weight, bias=bias)
+        return layer
+
+    def _pads(self, node: Any, a: dict[str, Any], kernel: tuple, dilation: tuple, stride: tuple, shape: tuple) -> list[int]:
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if auto in ("NOTSET", "VALID"):
+            pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])] if auto == "NOTSET" else [0, 0, 0, 0]
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for i in range(2):
+                size = int(shape[1 + i])
+                out = -(-size // int(stride[i]))
+                total = max(0, (out - 1) * int(stride[i]) + (int(kernel[i]) - 1) * int(dilation[i]) + 1 - size)
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+        else:
+            raise self.fail(node, f"auto_pad {auto!r} is not supported")
+        if len(pads) != 4:
+            raise self.fail(node, f"expected 4 pads (2-D), got {pads}")
+        return pads
+
+    def _pool(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+        from ..layers import AvgPool2D, MaxPool2D
+
+        kernel = tuple(int(k) for k in a["kernel_shape"])
+        stride = tuple(int(s) for s in a.get("strides", (1, 1)))
+        dilation = tuple(int(d) for d in a.get("dilations", (1, 1)))
+        pads = self._pads(node, a, kernel, dilation, stride, shape)
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            raise self.fail(node, f"asymmetric pooling pads {pads} are not supported")
+        if len(shape) != 3 or len(kernel) != 2:
+            raise self.fail(node, f"only 2-D pooling of (C, H, W) inputs, got input {shape}")
+        if node.op_type == "AveragePool" and not a.get("count_include_pad", 0) and any(pads):
+            raise self.fail(node, "average pooling with padding that does not count (count_include_pad=0)")
+        cls = MaxPool2D if node.op_type == "MaxPool" else AvgPool2D
+        layer = cls(kernel, stride=stride, padding=(pads[0], pads[1]), dilation=dilation)
+        if a.get("ceil_mode", 0):
+            floor_layer_shape = self._build(layer, shape, node)
+            for i in range(2):  # ceil mode agrees with floor mode when the windows fit exactly
+                span = shape[1 + i] + 2 * pads[i] - dilation[i] * (kernel[i] - 1) - 1
+                if span % stride[i]:
+                    raise self.fail(node, f"ceil_mode=1 changes the output size here {floor_layer_shape}")
+        return layer
+
+    def _reduce_mean(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> list[Layer]:
+        from ..layers import Flatten, GlobalAvgPool2D
+
+        axes = a.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            axes = self.const(node, 1, "the axes").tolist()
+        axes = sorted(int(x) % (len(shape) + 1) for x in (axes or []))
+        if len(shape) != 3 or axes != [2, 3]:
+            raise self.fail(node, f"only the mean over the spatial axes [2, 3] of NCHW is supported, got {axes}")
+        return [GlobalAvgPool2D()] + ([] if a.get("keepdims", 1) else [Flatten()])
+
+    def _batch_norm(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+        from ..layers import BatchNorm1D, BatchNorm2D
+
+        if a.get("training_mode", 0) or len(node.output) > 1 and any(node.output[1:]):
+            raise self.fail(node, "batch norm in training mode; export the model in eval mode")
+        values = [self.const(node, i, what) for i, what in enumerate(("scale", "bias", "mean", "var"), 1)]
+        cls = BatchNorm2D if len(shape) == 3 else BatchNorm1D
+        layer = cls(eps=float(a.get("epsilon", 1e-5)), momentum=1.0 - float(a.get("momentum", 0.9)))
+        self._build(layer, shape, node)
+        names = ("weight", "bias", "running_mean", "running_var")
+        self._set(layer, node, **dict(zip(names, values, strict=True)))
+        return layer
+
+    def _dense(self, node: Any, weight: np.ndarray, bias: np.ndarray | None, shape: tuple[int, ...]) -> Layer:
+        from ..layers import Dense
+
+        if len(shape) != 1 or weight.ndim != 2 or weight.shape[1] != shape[0]:
+            raise self.fail(
+                node, f"a dense layer needs a (features,) input matching its weight; input {shape}, weight (out, in) {weight.shape}"
+            )
+        if bias is not None:
+            bias = np.broadcast_to(bias.reshape(-1) if bias.size == weight.shape[0] else bias, (weight.shape[0],))
+        layer = Dense(int(weight.shape[0]), use_bias=bias is not None, seed=0)
+        self._build(layer, shape, node)
+        self._set(layer, node, weight=weight, bias=bias)
+        return layer
+
+    def _gemm(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+        if a.get("transA", 0):
+            raise self.fail(node, "transA=1 is not supported")
+        weight = self.const(node, 1, "B")
+        weight = weight if a.get("transB", 0) else weight.T
+        weight = weight * float(a.get("alpha", 1.0))
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = self.const(node, 2, "C").astype(np.float64) * float(a.get("beta", 1.0))
+            if bias.size not in (1, weight.shape[0]):
+                raise self.fail(node, f"bias C of shape {bias.shape} is not per output")
+        return self._dense(node, weight, bias, shape)
+
+    def _matmul(self, node: Any, shape: tuple[int, ...]) -> tuple[list[Layer], str]:
+        weight = self.const(node, 1, "the right-hand matrix")
+        out = node.output[0]
+        bias = None
+        users = self.consumers.get(out, [])
+        if len(users) == 1 and users[0].op_type == "Add":
+            add = users[0]
+            others = [name for name in add.input if name != out]
+            if len(others) == 1 and others[0] in self.consts:
+                bias = self.consts[others[0]]
+                self.done.add(id(add))
+                out = add.output[0]
+        return [self._dense(node, weight.T, bias, shape)], out
+
+    def _flatten(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+        from ..layers import Flatten
+
+        features = math.prod(shape)
+        if node.op_type == "Flatten":
+            if int(a.get("axis", 1)) != 1:
+                raise self.fail(node, f"only Flatten(axis=1) is supported, got axis={a.get('axis')}")
+            return Flatten()
+        target = [int(v) for v in self.const(node, 1, "the target shape").reshape(-1)]
+        if len(target) != 2 or target[1] not in (-1, features) or target[0] not in (-1, 0):
+            raise self.fail(node, f"only a reshape to (N, {features}) is supported, got {target}")
+        return Flatten()
+
+    def _softmax(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+        from ..layers import Softmax
+
+        default = -1 if self.opset >= 13 else 1
+        axis = int(a.get("axis", default)) % (len(shape) + 1)
+        if self.opset < 13 and len(shape) != 1:
+            raise self.fail(node, f"Softmax before opset 13 on an input of rank {len(shape) + 1} (coerced to 2-D)")
+        return Softmax(axis)
+
+    def _dropout_rate(self, node: Any, a: dict[str, Any]) -> float:
+        if "ratio" in a:
+            return float(a["ratio"])
+        if len(node.input) > 1 and node.input[1]:
+            return float(self.const(node, 1, "the ratio").reshape(()))
+        return 0.5
+
+    def _set(self, layer: Layer, node: Any, **arrays: np.ndarray | None) -> None:
+        for key, value in arrays.items():
+            if value is None:
+                continue
+            store = layer.params if key in layer.params else layer.buffers
+            target = store[key]
+            value = np.asarray(value)
+            if value.size != target.size:
+                raise self.fail(node, f"{key} has shape {value.shape}, the layer needs {target.shape}")
+            target[...] = value.reshape(target.shape).astype(target.dtype)
+
+
+def _unsupported(proto: Any) -> Iterator[str]:
+    by_op: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
+            op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+            by_op.setdefault(op, []).append(node.name or "(unnamed)")
+    for op, nodes in sorted(by_op.items()):
+        yield f"{op} ({', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''})"
+
+
+def _input_shape(path: str, proto: Any, consts: dict[str, np.ndarray]) -> tuple[str, tuple[int, ...]]:
+    inputs = [v for v in proto.graph.input if v.name not in consts]
+    if len(inputs) != 1:
+        raise _fail(path, f"the graph has {len(inputs)} inputs ({[v.name for v in inputs]}); cnnkit models take one")
+    value = inputs[0]
+    dims = value.type.tensor_type.shape.dim
+    shape = []
+    for i, dim in enumerate(dims[1:], start=1):
+        if not dim.HasField("dim_value") or dim.dim_value <= 0:
+            raise _fail(path, f"input {value.name!r} needs a fixed size on axis {i}, got {dim.dim_param or '?'}")
+        shape.append(int(dim.dim_value))
+    if len(shape) not in (1, 3):
+        raise _fail(path, f"input {value.name!r} must be (N, C, H, W) or (N, features), got rank {len(dims)}")
+    return value.name, tuple(shape)
+
+
+def load(path: str | os.PathLike[str]) -> Layer:
+    """Build a cnnkit :class:`~cnnkit.models.Sequential` from the ONNX file at ``path``.
+
+    ``class_names`` come from the ``class_names`` metadata property when there is one (a cnnkit export
+    writes it). Raises :class:`FileFormatError` for a file that is not a readable ONNX model and
+    :class:`ConfigError` for a graph cnnkit cannot express (every unsupported op listed at once).
+    """
+    from ..models import Sequential
+
+    name = os.fspath(path)
+    proto = _read_proto(name)
+    bad = list(_unsupported(proto))
+    if bad:
+        raise ConfigError(f"{name}: ONNX ops cnnkit does not have: {'; '.join(bad)}")
+    consts = _constants(proto, name)
+    input_name, shape = _input_shape(name, proto, consts)
+    outputs = [v.name for v in proto.graph.output]
+    if len(outputs) != 1:
+        raise _fail(name, f"the graph has {len(outputs)} outputs; cnnkit models give one")
+    nodes = [n for n in proto.graph.node if n.op_type != "Constant" and n.output[0] not in consts]
+    opsets = {op.domain: op.version for op in proto.opset_import}
+    builder = _Builder(name, nodes, consts, int(opsets.get("", opsets.get("ai.onnx", 0))))
+    layers, end, merge = builder.sequence(input_name, shape, {outputs[0]})
+    if merge is not None or end != outputs[0]:
+        where = _where(merge) if merge is not None else f"tensor {end!r}"
+        raise ConfigError(f"{name}: the graph does not reach its output {outputs[0]!r} as one chain (stopped at {where})")
+    props = {p.key: p.value for p in proto.metadata_props}
+    if props.get("cnnkit_added_softmax") == "true" and layers and layers[-1].registry_name == "Softmax":
+        layers.pop()  # predict applies it; the exported model had no such layer
+    if not layers:
+        raise ConfigError(f"{name}: the graph has no layers")
+    model = Sequential(layers, input_shape=shape, name=proto.graph.name or "onnx_model", seed=0)
+    model.eval()
+    if "class_names" in props:
+        try:
+            names = json.loads(props["class_names"])
+        except ValueError:
+            names = None
+        if isinstance(names, list) and len(names) == model.output_shape[0]:
+            model.class_names = [str(n) for n in names]
+    return model
