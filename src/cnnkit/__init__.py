@@ -33,6 +33,7 @@ from .errors import (
 )
 from .gradcheck import gradcheck
 from .io.model_file import load_model, save_model
+from .io.weights import load_weights
 from .models import Sequential
 from .ops.conv import conv_output_size
 from .utils.random import set_seed
@@ -72,6 +73,7 @@ __all__ = [
     "gradcheck",
     "layers",
     "load_model",
+    "load_weights",
     "models",
     "ops",
     "save_model",

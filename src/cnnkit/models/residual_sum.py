@@ -16,7 +16,6 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..layers.base import Layer, Shape, from_config, to_config
-from .sequential import Sequential
 
 
 class Residual(Layer):

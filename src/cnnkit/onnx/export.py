@@ -12,7 +12,7 @@ their own converter (main branch, shortcut, ``Add``, ``Relu``). Each converter r
 input tensor and returns the name of its output tensor. Parameters become initializers under their
 state-dict names (``features.0.weight``), so an export's weights can be read back by name.
 
-Layer by layer (opset :data:`~cnnkit.onnx._deps.OPSET`, see there why 13):
+Layer by layer (opset :data:`~cnnkit.io.onnx_file.OPSET`, see there why 13):
 
 - ``Conv2D`` -> ``Conv`` (strides, dilations, groups, pads ``[top, left, bottom, right]``); a
   ``flip_kernel`` convolution (the true convolution of notes §3.2) exports its weights turned by 180°.
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
+from ..io.onnx_file import OPSET, require_onnx
 from ..layers.base import Layer
-from ._deps import OPSET, require_onnx
 
 __all__ = ["CONVERTERS", "export", "register_converter", "to_onnx"]
 
@@ -216,7 +216,9 @@ def _avg_pool(g: GraphBuilder, layer: Any, x: str, path: str) -> str:
     channels = layer.input_shape[0]
     kh, kw = layer.pool_size
     weight = g.constant(f"{path}.mean_kernel", np.full((channels, 1, kh, kw), 1.0 / (kh * kw), np.float32))
-    return g.node("Conv", [x, weight], path, group=channels, dilations=list(layer.dilation), **_pool_attrs(layer))
+    return g.node(
+        "Conv", [x, weight], path, group=channels, dilations=list(layer.dilation), **_pool_attrs(layer)
+    )
 
 
 @register_converter("GlobalAvgPool2D")
@@ -286,7 +288,9 @@ def _normalisation(model: Layer) -> tuple[np.ndarray, np.ndarray] | None:
     elif mode == "standardize":
         m, s = config.get("mean"), config.get("std")
     else:
-        raise ConfigError(f"export: unknown normalisation mode {mode!r} in the model's preprocessing metadata")
+        raise ConfigError(
+            f"export: unknown normalisation mode {mode!r} in the model's preprocessing metadata"
+        )
     try:
         mean, std = np.asarray(m, np.float32).reshape(-1), np.asarray(s, np.float32).reshape(-1)
     except (TypeError, ValueError):
@@ -317,7 +321,9 @@ def to_onnx(model: Layer, *, logits: bool = False, include_preprocessing: bool =
     if not isinstance(model, Layer):
         raise ConfigError(f"export: expected a cnnkit model, got {type(model).__name__}")
     if not model.built or model.input_shape is None:
-        raise ConfigError(f"export: {model.name} is not built; give it input_shape= or run it on a batch first")
+        raise ConfigError(
+            f"export: {model.name} is not built; give it input_shape= or run it on a batch first"
+        )
     out_shape = tuple(model.output_shape or ())
     if len(out_shape) != 1 or out_shape[0] < 2:
         raise ShapeError(

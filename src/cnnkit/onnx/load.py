@@ -13,7 +13,7 @@ norm was folded into the convolutions. Spatial sizes must be fixed; the batch ax
 
 Files are checked before anything large is allocated: the file must parse as an ``onnx.ModelProto``
 (a truncated file does not), the default-domain opset must be one cnnkit reads
-(:data:`MIN_OPSET`..:data:`MAX_OPSET`), every initializer's stated size must match its bytes, and
+(:data:`cnnkit.io.onnx_file.MIN_OPSET`..``MAX_OPSET``), every initializer's stated size must match its bytes, and
 external data must lie inside the model's folder and inside its file. Nothing in the file is executed.
 """
 
@@ -29,13 +29,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, FileFormatError, ShapeError
+from ..io.onnx_file import constants, read_proto, require_onnx
 from ..layers.base import Layer
-from ._deps import require_onnx
 
-__all__ = ["MAX_OPSET", "MIN_OPSET", "SUPPORTED_OPS", "load", "state_dict_from_onnx"]
-
-#: Default-domain opsets whose semantics for :data:`SUPPORTED_OPS` the importer knows.
-MIN_OPSET, MAX_OPSET = 9, 21
+__all__ = ["SUPPORTED_OPS", "load"]
 
 SUPPORTED_OPS = frozenset(
     {
@@ -45,155 +42,9 @@ SUPPORTED_OPS = frozenset(
     }
 )  # fmt: skip
 
-#: Largest file read whole (protobuf's own limit); bigger models keep their weights as external data.
-MAX_FILE_BYTES = 2**31 - 1
-
-# ONNX TensorProto data types cnnkit reads: numpy dtype of the stored values
-_DTYPES = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64, 16: "bfloat16"}
-
 
 def _fail(path: str, message: str) -> FileFormatError:
     return FileFormatError(f"{path}: {message}")
-
-
-# ============================================================================================== reading
-def _read_proto(path: str) -> Any:
-    onnx = require_onnx()
-    if not os.path.isfile(path):
-        raise _fail(path, "no such file" if not os.path.exists(path) else "is not a file")
-    size = os.path.getsize(path)
-    if size > MAX_FILE_BYTES:
-        raise _fail(path, f"is {size:,} bytes, more than ONNX's 2 GiB limit for one file")
-    if size == 0:
-        raise _fail(path, "is empty; expected an ONNX model")
-    with open(path, "rb") as handle:
-        data = handle.read()
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except Exception as err:  # protobuf's DecodeError and friends: any failure means a bad file
-        raise _fail(path, f"is not a valid ONNX file, or it is truncated ({type(err).__name__}: {err})") from None
-    if not proto.HasField("graph") or not proto.graph.node:
-        raise _fail(path, "holds no graph (an empty or truncated ONNX file)")
-    opsets = {op.domain: op.version for op in proto.opset_import}
-    version = opsets.get("", opsets.get("ai.onnx"))
-    if version is None:
-        raise _fail(path, "declares no default-domain opset (opset_import)")
-    if not MIN_OPSET <= version <= MAX_OPSET:
-        raise _fail(path, f"uses opset {version}; cnnkit reads opsets {MIN_OPSET} to {MAX_OPSET}")
-    return proto
-
-
-def _tensor(tensor: Any, path: str) -> np.ndarray:
-    """An initializer (or Constant value) as a NumPy array, sizes checked before allocating."""
-    name = tensor.name or "(unnamed)"
-    kind = _DTYPES.get(tensor.data_type)
-    if kind is None:
-        raise _fail(path, f"tensor {name!r} has ONNX data type {tensor.data_type}, which cnnkit does not read")
-    dims = [int(d) for d in tensor.dims]
-    if any(d < 0 for d in dims):
-        raise _fail(path, f"tensor {name!r} has negative dimensions {dims}")
-    count = math.prod(dims)
-    itemsize = 2 if kind == "bfloat16" else np.dtype(kind).itemsize
-    nbytes = count * itemsize
-    if tensor.data_location == 1:  # EXTERNAL
-        raw = _external(tensor, path, nbytes)
-    elif tensor.HasField("raw_data"):
-        raw = tensor.raw_data
-        if len(raw) != nbytes:
-            raise _fail(
-                path,
-                f"tensor {name!r} of shape {dims} needs {nbytes:,} bytes but holds {len(raw):,}; "
-                "the file is corrupt or truncated",
-            )
-    else:
-        values = {1: tensor.float_data, 6: tensor.int32_data, 7: tensor.int64_data, 11: tensor.double_data}
-        if tensor.data_type in (10, 16):
-            held = tensor.int32_data
-            if len(held) != count:
-                raise _fail(path, f"tensor {name!r} of shape {dims} holds {len(held):,} values, not {count:,}")
-            bits = np.asarray(held, dtype=np.uint16)
-            return _from_bits(bits, kind).reshape(dims)
-        held = values[tensor.data_type]
-        if len(held) != count:
-            raise _fail(path, f"tensor {name!r} of shape {dims} holds {len(held):,} values, not {count:,}")
-        return np.asarray(held, dtype=kind).reshape(dims)
-    if kind == "bfloat16":
-        return _from_bits(np.frombuffer(raw, dtype="<u2"), kind).reshape(dims)
-    return np.frombuffer(raw, dtype=np.dtype(kind).newbyteorder("<")).astype(kind).reshape(dims)
-
-
-def _from_bits(bits: np.ndarray, kind: Any) -> np.ndarray:
-    if kind == "bfloat16":
-        return (bits.astype(np.uint32) << 16).view(np.float32)
-    return bits.view(np.float16).astype(np.float32)
-
-
-def _external(tensor: Any, path: str, nbytes: int) -> bytes:
-    """Bytes of an external-data tensor, from a file inside the model's folder."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    name = tensor.name
-    location = info.get("location")
-    if not location:
-        raise _fail(path, f"tensor {name!r} is stored externally but names no location")
-    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    target = os.path.realpath(os.path.join(folder, location))
-    if os.path.isabs(location) or os.path.commonpath([folder, target]) != folder:
-        raise _fail(
-            path,
-            f"tensor {name!r}: external data path {location!r} points outside the model's folder {folder}; "
-            "refused",
-        )
-    if not os.path.isfile(target):
-        raise _fail(path, f"tensor {name!r}: external data file {location!r} does not exist")
-    try:
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", nbytes))
-    except ValueError:
-        raise _fail(path, f"tensor {name!r}: external data offset/length are not integers: {info}") from None
-    size = os.path.getsize(target)
-    if offset < 0 or length != nbytes or offset + length > size:
-        raise _fail(
-            path,
-            f"tensor {name!r}: external data [{offset:,}, {offset + length:,}) of {location!r} must hold "
-            f"{nbytes:,} bytes inside the file's {size:,}",
-        )
-    with open(target, "rb") as handle:
-        handle.seek(offset)
-        data = handle.read(length)
-    if len(data) != length:
-        raise _fail(path, f"tensor {name!r}: read {len(data):,} of {length:,} bytes from {location!r}")
-    return data
-
-
-def _constants(proto: Any, path: str) -> dict[str, np.ndarray]:
-    """Initializers, ``Constant`` outputs and ``Identity`` copies of them, by tensor name."""
-    out = {t.name: _tensor(t, path) for t in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    out[node.output[0]] = _tensor(attr.t, path)
-                elif attr.name in ("value_float", "value_floats", "value_int", "value_ints"):
-                    value = {"value_float": attr.f, "value_floats": list(attr.floats)}.get(attr.name)
-                    if value is None:
-                        value = attr.i if attr.name == "value_int" else list(attr.ints)
-                    out[node.output[0]] = np.asarray(value)
-        elif node.op_type == "Identity" and node.input and node.input[0] in out:
-            out[node.output[0]] = out[node.input[0]]
-    return out
-
-
-def state_dict_from_onnx(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """The named initializers of an ONNX file: ``{name: array}``.
-
-    A cnnkit export names them as the model's state dict (``features.0.weight``), and so does
-    ``torch.onnx.export`` for parameters it keeps (without batch-norm folding), so this is how
-    ``cnnkit train --init-weights model.onnx`` reads weights (:func:`cnnkit.load_weights`).
-    """
-    name = os.fspath(path)
-    proto = _read_proto(name)
-    return {t.name: _tensor(t, name) for t in proto.graph.initializer}
 
 
 # ============================================================================================== building
@@ -252,7 +103,9 @@ class _Builder:
                 layers.extend(new)
                 continue
             if len(users) != 2:
-                raise self.fail(users[0], f"tensor {tensor!r} feeds {len(users)} nodes; cnnkit models fork in two")
+                raise self.fail(
+                    users[0], f"tensor {tensor!r} feeds {len(users)} nodes; cnnkit models fork in two"
+                )
             branches = []
             for user in users:
                 if self.is_merge(user):
@@ -338,9 +191,13 @@ class _Builder:
         weight = self.const(node, 1, "the weight")
         bias = self.const(node, 2, "the bias") if len(node.input) > 2 and node.input[2] else None
         if weight.ndim != 4 or len(shape) != 3:
-            raise self.fail(node, f"only 2-D convolutions of (C, H, W) inputs, got weight {weight.shape}, input {shape}")
+            raise self.fail(
+                node, f"only 2-D convolutions of (C, H, W) inputs, got weight {weight.shape}, input {shape}"
+            )
         kernel = tuple(int(k) for k in a.get("kernel_shape", weight.shape[2:]))
-        pads = self._pads(node, a, kernel, tuple(a.get("dilations", (1, 1))), tuple(a.get("strides", (1, 1))), shape)
+        pads = self._pads(
+            node, a, kernel, tuple(a.get("dilations", (1, 1))), tuple(a.get("strides", (1, 1))), shape
+        )
         layer = Conv2D(
             int(weight.shape[0]),
             kernel,
@@ -355,7 +212,9 @@ class _Builder:
         self._set(layer, node, weight=weight, bias=bias)
         return layer
 
-    def _pads(self, node: Any, a: dict[str, Any], kernel: tuple, dilation: tuple, stride: tuple, shape: tuple) -> list[int]:
+    def _pads(
+        self, node: Any, a: dict[str, Any], kernel: tuple, dilation: tuple, stride: tuple, shape: tuple
+    ) -> list[int]:
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else str(auto)
         if auto in ("NOTSET", "VALID"):
@@ -365,7 +224,9 @@ class _Builder:
             for i in range(2):
                 size = int(shape[1 + i])
                 out = -(-size // int(stride[i]))
-                total = max(0, (out - 1) * int(stride[i]) + (int(kernel[i]) - 1) * int(dilation[i]) + 1 - size)
+                total = max(
+                    0, (out - 1) * int(stride[i]) + (int(kernel[i]) - 1) * int(dilation[i]) + 1 - size
+                )
                 small, big = total // 2, total - total // 2
                 pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
         else:
@@ -405,7 +266,9 @@ class _Builder:
             axes = self.const(node, 1, "the axes").tolist()
         axes = sorted(int(x) % (len(shape) + 1) for x in (axes or []))
         if len(shape) != 3 or axes != [2, 3]:
-            raise self.fail(node, f"only the mean over the spatial axes [2, 3] of NCHW is supported, got {axes}")
+            raise self.fail(
+                node, f"only the mean over the spatial axes [2, 3] of NCHW is supported, got {axes}"
+            )
         return [GlobalAvgPool2D()] + ([] if a.get("keepdims", 1) else [Flatten()])
 
     def _batch_norm(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
@@ -426,10 +289,13 @@ class _Builder:
 
         if len(shape) != 1 or weight.ndim != 2 or weight.shape[1] != shape[0]:
             raise self.fail(
-                node, f"a dense layer needs a (features,) input matching its weight; input {shape}, weight (out, in) {weight.shape}"
+                node,
+                f"a dense layer needs a (features,) input matching its weight; input {shape}, weight (out, in) {weight.shape}",
             )
         if bias is not None:
-            bias = np.broadcast_to(bias.reshape(-1) if bias.size == weight.shape[0] else bias, (weight.shape[0],))
+            bias = np.broadcast_to(
+                bias.reshape(-1) if bias.size == weight.shape[0] else bias, (weight.shape[0],)
+            )
         layer = Dense(int(weight.shape[0]), use_bias=bias is not None, seed=0)
         self._build(layer, shape, node)
         self._set(layer, node, weight=weight, bias=bias)
@@ -481,7 +347,9 @@ class _Builder:
         default = -1 if self.opset >= 13 else 1
         axis = int(a.get("axis", default)) % (len(shape) + 1)
         if self.opset < 13 and len(shape) != 1:
-            raise self.fail(node, f"Softmax before opset 13 on an input of rank {len(shape) + 1} (coerced to 2-D)")
+            raise self.fail(
+                node, f"Softmax before opset 13 on an input of rank {len(shape) + 1} (coerced to 2-D)"
+            )
         return Softmax(axis)
 
     def _dropout_rate(self, node: Any, a: dict[str, Any]) -> float:
@@ -516,13 +384,17 @@ def _unsupported(proto: Any) -> Iterator[str]:
 def _input_shape(path: str, proto: Any, consts: dict[str, np.ndarray]) -> tuple[str, tuple[int, ...]]:
     inputs = [v for v in proto.graph.input if v.name not in consts]
     if len(inputs) != 1:
-        raise _fail(path, f"the graph has {len(inputs)} inputs ({[v.name for v in inputs]}); cnnkit models take one")
+        raise _fail(
+            path, f"the graph has {len(inputs)} inputs ({[v.name for v in inputs]}); cnnkit models take one"
+        )
     value = inputs[0]
     dims = value.type.tensor_type.shape.dim
     shape = []
     for i, dim in enumerate(dims[1:], start=1):
         if not dim.HasField("dim_value") or dim.dim_value <= 0:
-            raise _fail(path, f"input {value.name!r} needs a fixed size on axis {i}, got {dim.dim_param or '?'}")
+            raise _fail(
+                path, f"input {value.name!r} needs a fixed size on axis {i}, got {dim.dim_param or '?'}"
+            )
         shape.append(int(dim.dim_value))
     if len(shape) not in (1, 3):
         raise _fail(path, f"input {value.name!r} must be (N, C, H, W) or (N, features), got rank {len(dims)}")
@@ -539,11 +411,11 @@ def load(path: str | os.PathLike[str]) -> Layer:
     from ..models import Sequential
 
     name = os.fspath(path)
-    proto = _read_proto(name)
+    proto = read_proto(name)
     bad = list(_unsupported(proto))
     if bad:
         raise ConfigError(f"{name}: ONNX ops cnnkit does not have: {'; '.join(bad)}")
-    consts = _constants(proto, name)
+    consts = constants(proto, name)
     input_name, shape = _input_shape(name, proto, consts)
     outputs = [v.name for v in proto.graph.output]
     if len(outputs) != 1:
@@ -554,7 +426,9 @@ def load(path: str | os.PathLike[str]) -> Layer:
     layers, end, merge = builder.sequence(input_name, shape, {outputs[0]})
     if merge is not None or end != outputs[0]:
         where = _where(merge) if merge is not None else f"tensor {end!r}"
-        raise ConfigError(f"{name}: the graph does not reach its output {outputs[0]!r} as one chain (stopped at {where})")
+        raise ConfigError(
+            f"{name}: the graph does not reach its output {outputs[0]!r} as one chain (stopped at {where})"
+        )
     props = {p.key: p.value for p in proto.metadata_props}
     if props.get("cnnkit_added_softmax") == "true" and layers and layers[-1].registry_name == "Softmax":
         layers.pop()  # predict applies it; the exported model had no such layer
