@@ -143,6 +143,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only N training images (quick tries)")
     add_threads_argument(p)
     p.add_argument(
+        "--init-weights",
+        metavar="FILE",
+        help="start from a .safetensors state dict (torchvision names), .cnnkit or .onnx",
+    )
+    p.add_argument(
+        "--new-head",
+        action="store_true",
+        help="with --init-weights: a new last Dense layer when the class count differs",
+    )
+    p.add_argument(
+        "--freeze",
+        metavar="PREFIX[,PREFIX]",
+        help="keep the parameters under these dotted names fixed (e.g. features)",
+    )
+    p.add_argument(
         "--verbose",
         "-v",
         action="store_true",
@@ -180,6 +195,7 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
     import time
 
     from ..data import Normalize
+    from ..training.finetune import prepare_finetuning
     from ..training.fit import fit
     from ._common import build_for_data, fit_normalize, load_data, make_optimizer, save_curves, write_json
 
@@ -198,6 +214,7 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
     )
     print(data.describe())
     model = build_for_data(args.model, data, seed=args.seed)
+    prepare_finetuning(model, args.init_weights, new_head=args.new_head, freeze_prefixes=args.freeze)
     print(
         f"model: {args.model}, input {'x'.join(map(str, data.input_shape))}, {model.count_params():,} parameters"
     )

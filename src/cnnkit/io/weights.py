@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError, FileFormatError, ShapeError
 from ..layers.base import Layer
 
-__all__ = ["LoadReport", "load_weights", "read_state_dict"]
+__all__ = ["LoadReport", "apply_state_dict", "load_weights", "read_state_dict"]
 
 #: How to turn a pickled PyTorch checkpoint into a file cnnkit reads (run where you trust the file).
 CONVERSION = (
@@ -40,6 +40,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # in the model, not in the file
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
     mismatched: list[str] = field(default_factory=list)  # "name: file (2, 3) float32, model (3, 2) float32"
+    reinitialised: list[str] = field(default_factory=list)  # left at their fresh values on purpose (new head)
 
     @property
     def complete(self) -> bool:
@@ -106,7 +107,13 @@ def load_weights(model: Layer, path: str | os.PathLike[str], strict: bool = True
             f"load_weights: {model.name} is not built; give it input_shape= (or run it on a batch) first"
         )
     name = os.fspath(path)
-    tensors = read_state_dict(name)
+    return apply_state_dict(model, read_state_dict(name), name, strict=strict)
+
+
+def apply_state_dict(
+    model: Layer, tensors: dict[str, np.ndarray], source: str, *, strict: bool = True
+) -> LoadReport:
+    """:func:`load_weights` for tensors already read (``source`` names them in messages)."""
     own = model.state_dict()
     report = LoadReport(missing=sorted(set(own) - set(tensors)), unexpected=sorted(set(tensors) - set(own)))
     for key in own:
@@ -121,7 +128,7 @@ def load_weights(model: Layer, path: str | os.PathLike[str], strict: bool = True
         else:
             report.loaded.append(key)
     if strict and not report.complete:
-        raise ShapeError(f"load_weights: {name} does not match {model.name}: {report.describe()}")
+        raise ShapeError(f"load_weights: {source} does not match {model.name}: {report.describe()}")
     for key in report.loaded:
         own[key][...] = tensors[key].astype(own[key].dtype, copy=False)
     return report
