@@ -53,6 +53,11 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def _f32(value: Any) -> float:
+    """A float32 attribute as the shortest decimal that rounds to it (``1e-05``, not ``9.99999974e-06``)."""
+    return float(str(np.float32(value)))
+
+
 def _where(node: Any) -> str:
     return f"node {node.name or '(unnamed)'} ({node.op_type})"
 
@@ -162,7 +167,7 @@ class _Builder:
         if op == "Relu":
             return [L.ReLU()], out
         if op == "LeakyRelu":
-            return [L.LeakyReLU(float(a.get("alpha", 0.01)))], out
+            return [L.LeakyReLU(_f32(a.get("alpha", 0.01)))], out
         if op in ("MaxPool", "AveragePool"):
             return [self._pool(node, a, shape)], out
         if op == "GlobalAveragePool":
@@ -198,11 +203,15 @@ class _Builder:
         pads = self._pads(
             node, a, kernel, tuple(a.get("dilations", (1, 1))), tuple(a.get("strides", (1, 1))), shape
         )
+        top, left, bottom, right = pads
+        padding: Any = (top, bottom, left, right)
+        if top == bottom and left == right:
+            padding = top if top == left else (top, left)
         layer = Conv2D(
             int(weight.shape[0]),
             kernel,
             stride=tuple(int(s) for s in a.get("strides", (1, 1))),
-            padding=(pads[0], pads[2], pads[1], pads[3]),
+            padding=padding,
             dilation=tuple(int(d) for d in a.get("dilations", (1, 1))),
             groups=int(a.get("group", 1)),
             use_bias=bias is not None,
@@ -278,7 +287,7 @@ class _Builder:
             raise self.fail(node, "batch norm in training mode; export the model in eval mode")
         values = [self.const(node, i, what) for i, what in enumerate(("scale", "bias", "mean", "var"), 1)]
         cls = BatchNorm2D if len(shape) == 3 else BatchNorm1D
-        layer = cls(eps=float(a.get("epsilon", 1e-5)), momentum=1.0 - float(a.get("momentum", 0.9)))
+        layer = cls(eps=_f32(a.get("epsilon", 1e-5)), momentum=round(1.0 - float(a.get("momentum", 0.9)), 7))
         self._build(layer, shape, node)
         names = ("weight", "bias", "running_mean", "running_var")
         self._set(layer, node, **dict(zip(names, values, strict=True)))
@@ -354,9 +363,11 @@ class _Builder:
 
     def _dropout_rate(self, node: Any, a: dict[str, Any]) -> float:
         if "ratio" in a:
-            return float(a["ratio"])
+            return float(
+                str(np.float32(a["ratio"]))
+            )  # the float32 value's shortest decimal, 0.3 not 0.30000001
         if len(node.input) > 1 and node.input[1]:
-            return float(self.const(node, 1, "the ratio").reshape(()))
+            return _f32(self.const(node, 1, "the ratio").reshape(()))
         return 0.5
 
     def _set(self, layer: Layer, node: Any, **arrays: np.ndarray | None) -> None:
