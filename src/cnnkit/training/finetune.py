@@ -123,9 +123,8 @@ def init_from(
     own = model.state_dict()
     head_keys = [k for k in own if k.startswith(head + ".")]
     differs = any(k in tensors and tensors[k].shape != own[k].shape for k in head_keys)
-    if differs and new_head:
-        for key in head_keys:
-            tensors.pop(key, None)
+    if differs and new_head:  # the model's fresh head stands in for the file's
+        tensors.update({key: own[key].copy() for key in head_keys})
     try:
         report = apply_state_dict(model, tensors, os.fspath(path), strict=strict)
     except ShapeError as err:
@@ -136,7 +135,7 @@ def init_from(
             ) from None
         raise
     if differs and new_head:
-        report.missing = sorted(set(report.missing) - set(head_keys))
+        report.loaded = [key for key in report.loaded if key not in head_keys]
         report.reinitialised = head_keys
     return report
 
