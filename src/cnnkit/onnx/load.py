@@ -11,10 +11,15 @@ branches meet again in an ``Add`` becomes a :class:`~cnnkit.models.Residual` (``
 each a Sequential; an empty branch is the identity), so PyTorch's ResNets load whether or not their batch
 norm was folded into the convolutions. Spatial sizes must be fixed; the batch axis may be dynamic.
 
-Files are checked before anything large is allocated: the file must parse as an ``onnx.ModelProto``
-(a truncated file does not), the default-domain opset must be one cnnkit reads
-(:data:`cnnkit.io.onnx_file.MIN_OPSET`..``MAX_OPSET``), every initializer's stated size must match its bytes, and
-external data must lie inside the model's folder and inside its file. Nothing in the file is executed.
+What :mod:`cnnkit.onnx.export` writes comes back as the layers it came from: ``-MaxPool(-x)`` is
+``MinPool2D``, its averaging depthwise ``Conv`` is a dilated ``AvgPool2D``, ``A_h @ x @ A_w^T`` with
+bin-averaging matrices is ``AdaptiveAvgPool2D``, folded preprocessing returns to ``model.metadata``, and
+the softmax that stands for ``predict`` is left out again.
+
+Files are checked before anything large is allocated (:mod:`cnnkit.io.onnx_file`): the file must parse as
+an ``onnx.ModelProto`` (a truncated file does not), the default-domain opset must be one cnnkit reads,
+every initializer's stated size must match its bytes, and external data must lie inside the model's folder
+and inside its file. Nothing in the file is executed.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ SUPPORTED_OPS = frozenset(
     {
         "Conv", "Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean",
         "BatchNormalization", "Gemm", "MatMul", "Add", "Flatten", "Reshape", "Softmax", "Dropout",
-        "Identity", "Constant",
+        "Identity", "Constant", "Neg",
     }
 )  # fmt: skip
 
@@ -164,6 +169,8 @@ class _Builder:
             return [], out
         if op == "Conv":
             return [self._conv(node, a, shape)], out
+        if op == "Neg":
+            return self._min_pool(node, shape)
         if op == "Relu":
             return [L.ReLU()], out
         if op == "LeakyRelu":
@@ -191,7 +198,7 @@ class _Builder:
         raise self.fail(node, "is not supported")  # pragma: no cover - filtered before building
 
     def _conv(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
-        from ..layers import Conv2D
+        from ..layers import AvgPool2D, Conv2D
 
         weight = self.const(node, 1, "the weight")
         bias = self.const(node, 2, "the bias") if len(node.input) > 2 and node.input[2] else None
@@ -200,6 +207,9 @@ class _Builder:
                 node, f"only 2-D convolutions of (C, H, W) inputs, got weight {weight.shape}, input {shape}"
             )
         kernel = tuple(int(k) for k in a.get("kernel_shape", weight.shape[2:]))
+        if node.input[1].endswith(".mean_kernel") and bias is None and int(a.get("group", 1)) == shape[0]:
+            if weight.shape[1] == 1 and np.all(weight == np.float32(1.0 / (kernel[0] * kernel[1]))):
+                return self._pool(node, a, shape, AvgPool2D)  # how cnnkit exports dilated average pooling
         pads = self._pads(
             node, a, kernel, tuple(a.get("dilations", (1, 1))), tuple(a.get("strides", (1, 1))), shape
         )
@@ -244,7 +254,7 @@ class _Builder:
             raise self.fail(node, f"expected 4 pads (2-D), got {pads}")
         return pads
 
-    def _pool(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> Layer:
+    def _pool(self, node: Any, a: dict[str, Any], shape: tuple[int, ...], cls: Any = None) -> Layer:
         from ..layers import AvgPool2D, MaxPool2D
 
         kernel = tuple(int(k) for k in a["kernel_shape"])
@@ -257,7 +267,8 @@ class _Builder:
             raise self.fail(node, f"only 2-D pooling of (C, H, W) inputs, got input {shape}")
         if node.op_type == "AveragePool" and not a.get("count_include_pad", 0) and any(pads):
             raise self.fail(node, "average pooling with padding that does not count (count_include_pad=0)")
-        cls = MaxPool2D if node.op_type == "MaxPool" else AvgPool2D
+        if cls is None:
+            cls = MaxPool2D if node.op_type == "MaxPool" else AvgPool2D
         layer = cls(kernel, stride=stride, padding=(pads[0], pads[1]), dilation=dilation)
         if a.get("ceil_mode", 0):
             floor_layer_shape = self._build(layer, shape, node)
@@ -266,6 +277,17 @@ class _Builder:
                 if span % stride[i]:
                     raise self.fail(node, f"ceil_mode=1 changes the output size here {floor_layer_shape}")
         return layer
+
+    def _min_pool(self, node: Any, shape: tuple[int, ...]) -> tuple[list[Layer], str]:
+        """``Neg -> MaxPool -> Neg`` (how cnnkit exports min pooling) is a MinPool2D."""
+        from ..layers import MinPool2D
+
+        pool = self.consumers.get(node.output[0], [])
+        neg = self.consumers.get(pool[0].output[0], []) if len(pool) == 1 else []
+        if len(pool) != 1 or pool[0].op_type != "MaxPool" or len(neg) != 1 or neg[0].op_type != "Neg":
+            raise self.fail(node, "Neg is supported only as -MaxPool(-x), min pooling")
+        self.done.update((id(pool[0]), id(neg[0])))
+        return [self._pool(pool[0], _attrs(pool[0]), shape, MinPool2D)], neg[0].output[0]
 
     def _reduce_mean(self, node: Any, a: dict[str, Any], shape: tuple[int, ...]) -> list[Layer]:
         from ..layers import Flatten, GlobalAvgPool2D
@@ -323,7 +345,27 @@ class _Builder:
                 raise self.fail(node, f"bias C of shape {bias.shape} is not per output")
         return self._dense(node, weight, bias, shape)
 
+    def _adaptive(self, node: Any, shape: tuple[int, ...]) -> tuple[list[Layer], str]:
+        """``A_h @ x @ A_w^T`` with bin-averaging matrices (how cnnkit exports adaptive pooling)."""
+        from ..layers import AdaptiveAvgPool2D
+        from ..ops.pool import _adaptive_matrix
+
+        rows = self.consts[node.input[0]]
+        users = self.consumers.get(node.output[0], [])
+        right = users[0] if len(users) == 1 and users[0].op_type == "MatMul" else None
+        cols = self.consts.get(right.input[1]) if right is not None and len(right.input) > 1 else None
+        if len(shape) == 3 and rows.ndim == 2 and cols is not None and cols.ndim == 2:
+            (oh, h), (w, ow) = rows.shape, cols.shape
+            f32 = np.dtype(np.float32)
+            if (h, w) == shape[1:] and np.allclose(rows, _adaptive_matrix(h, oh, f32), rtol=0, atol=1e-7):
+                if np.allclose(cols, _adaptive_matrix(w, ow, f32).T, rtol=0, atol=1e-7):
+                    self.done.add(id(right))
+                    return [AdaptiveAvgPool2D((oh, ow))], right.output[0]
+        raise self.fail(node, "a constant times a tensor is supported only as adaptive average pooling")
+
     def _matmul(self, node: Any, shape: tuple[int, ...]) -> tuple[list[Layer], str]:
+        if node.input[0] in self.consts:
+            return self._adaptive(node, shape)
         weight = self.const(node, 1, "the right-hand matrix")
         out = node.output[0]
         bias = None
@@ -382,9 +424,21 @@ class _Builder:
             target[...] = value.reshape(target.shape).astype(target.dtype)
 
 
-def _unsupported(proto: Any) -> Iterator[str]:
+def _folded_preprocessing(proto: Any, props: dict[str, str]) -> list[Any]:
+    """The ``Sub``/``Div`` nodes ``cnnkit export --include-preprocessing`` put first, when it says so."""
+    if "preprocess" not in props:
+        return []
+    nodes = [n for n in proto.graph.node if n.name in ("preprocess/Sub", "preprocess/Div")]
+    if [n.op_type for n in nodes] != ["Sub", "Div"] or nodes[1].input[0] != nodes[0].output[0]:
+        return []
+    return nodes
+
+
+def _unsupported(proto: Any, skip: list[Any]) -> Iterator[str]:
     by_op: dict[str, list[str]] = {}
     for node in proto.graph.node:
+        if any(node is other for other in skip):
+            continue
         if node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:
             op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
             by_op.setdefault(op, []).append(node.name or "(unnamed)")
@@ -423,15 +477,23 @@ def load(path: str | os.PathLike[str]) -> Layer:
 
     name = os.fspath(path)
     proto = read_proto(name)
-    bad = list(_unsupported(proto))
+    props = {p.key: p.value for p in proto.metadata_props}
+    preprocess = _folded_preprocessing(proto, props)
+    bad = list(_unsupported(proto, preprocess))
     if bad:
         raise ConfigError(f"{name}: ONNX ops cnnkit does not have: {'; '.join(bad)}")
     consts = constants(proto, name)
     input_name, shape = _input_shape(name, proto, consts)
+    if preprocess and preprocess[0].input[0] == input_name:
+        input_name = preprocess[1].output[0]  # the model proper starts after the normalisation
     outputs = [v.name for v in proto.graph.output]
     if len(outputs) != 1:
         raise _fail(name, f"the graph has {len(outputs)} outputs; cnnkit models give one")
-    nodes = [n for n in proto.graph.node if n.op_type != "Constant" and n.output[0] not in consts]
+    nodes = [
+        n
+        for n in proto.graph.node
+        if n.op_type != "Constant" and n.output[0] not in consts and not any(n is p for p in preprocess)
+    ]
     opsets = {op.domain: op.version for op in proto.opset_import}
     builder = _Builder(name, nodes, consts, int(opsets.get("", opsets.get("ai.onnx", 0))))
     layers, end, merge = builder.sequence(input_name, shape, {outputs[0]})
@@ -440,13 +502,17 @@ def load(path: str | os.PathLike[str]) -> Layer:
         raise ConfigError(
             f"{name}: the graph does not reach its output {outputs[0]!r} as one chain (stopped at {where})"
         )
-    props = {p.key: p.value for p in proto.metadata_props}
     if props.get("cnnkit_added_softmax") == "true" and layers and layers[-1].registry_name == "Softmax":
         layers.pop()  # predict applies it; the exported model had no such layer
     if not layers:
         raise ConfigError(f"{name}: the graph has no layers")
     model = Sequential(layers, input_shape=shape, name=proto.graph.name or "onnx_model", seed=0)
     model.eval()
+    if preprocess:
+        try:
+            model.metadata = {"preprocess": json.loads(props["preprocess"])}
+        except ValueError:
+            raise _fail(name, "its 'preprocess' metadata property is not JSON") from None
     if "class_names" in props:
         try:
             names = json.loads(props["class_names"])
