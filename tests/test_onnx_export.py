@@ -306,3 +306,32 @@ def test_min_and_dilated_average_pooling_use_the_documented_ops() -> None:
     assert ops[:4] == ["Neg", "MaxPool", "Neg", "Conv"]
     x = images(model)
     np.testing.assert_allclose(run(proto, x), model.predict(x), rtol=0, atol=TOL)
+
+
+class TrueConv2D(L.Conv2D):
+    """A convolution with ``flip_kernel`` (notes §3.2's true convolution) through :func:`cnnkit.ops.conv2d`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.flip_kernel = True
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        from cnnkit.ops.conv import conv2d
+
+        w, b = self.params["weight"], self.params.get("bias")
+        return conv2d(x, w, b, self.stride, self._pad4, self.dilation, self.groups, flip_kernel=True)
+
+
+def test_flip_kernel_convolutions_export_their_weights_turned() -> None:
+    model = Sequential(
+        [TrueConv2D(4, (2, 3), padding=(0, 1, 1, 0), dilation=(2, 1)), L.ReLU(), L.Flatten(), L.Dense(3)],
+        input_shape=(2, 7, 6),
+        seed=0,
+    )
+    x = images(model)
+    proto = cnnkit_onnx.to_onnx(model)
+    np.testing.assert_allclose(run(proto, x), model.predict(x), rtol=0, atol=TOL)
+    weight = next(t for t in proto.graph.initializer if t.name == "0.weight")
+    np.testing.assert_array_equal(
+        onnx.numpy_helper.to_array(weight), model[0].params["weight"][:, :, ::-1, ::-1]
+    )
