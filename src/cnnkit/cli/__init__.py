@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         parser.print_help()
         return 2
+    from .. import runtime
+
+    runtime.tune()  # the command owns its process: OpenBLAS's spin, malloc thresholds (cnnkit.runtime)
     try:
         return int(args.func(args) or 0)
     except CnnkitError as err:

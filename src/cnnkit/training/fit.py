@@ -54,7 +54,6 @@ from ..ops.losses import cross_entropy_backward, cross_entropy_forward
 from ..optim.clipping import clip_grad_norm, global_grad_norm
 from ..optim.optimizers import Adam, Optimizer, get_optimizer, optimizer_from_state
 from ..optim.schedules import Schedule
-from ..utils.memory import keep_freed_memory
 from ..utils.random import global_rng
 from .callbacks import Callback, CallbackList, LearningRateScheduler
 from .history import History
@@ -787,7 +786,6 @@ def fit(
     DTypeError naming the expected and the actual value.
     """
     op = "fit"
-    keep_freed_memory()  # process-wide: freed step temporaries are reused, not re-faulted
     model = _check_model(model, op)
     epochs = check_int(epochs, "epochs", op, 1)
     batch_size = check_int(batch_size, "batch_size", op, 1)
