@@ -85,7 +85,9 @@ def _openblas_libs() -> list[Any]:
     libs = []
     for path in _loaded_openblas():
         try:
-            libs.append(ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY))  # the loaded copy, not a new one
+            libs.append(
+                ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            )  # the loaded copy, not a new one
         except OSError:
             continue
     return libs

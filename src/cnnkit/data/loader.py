@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, DTypeError
-from ..utils.random import global_rng
+from ..utils.random import epoch_order, global_rng
 from .core import check_images_labels
 from .transforms import Normalize
 
@@ -158,7 +158,7 @@ class DataLoader:
         n = self.num_samples
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, int(epoch), 0x5EED]).permutation(n)
+        return epoch_order(self.seed, epoch, n)
 
     def batch_indices(self, epoch: int) -> list[np.ndarray]:
         """The index arrays of the batches of ``epoch``."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -328,3 +328,16 @@ def from_config(spec: dict[str, Any]) -> Layer:
     if not isinstance(spec, dict) or "class" not in spec:
         raise ConfigError(f"layer spec must be a dict with a 'class' key, got {spec!r:.200}")
     return layer_class(spec["class"]).from_config(dict(spec.get("config", {})))
+
+
+@runtime_checkable
+class LayerChain(Protocol):
+    """A container whose forward pass is its ``layers``' forward passes in order, and whose backward pass
+    is their backward passes in reverse (:class:`cnnkit.models.Sequential`).
+
+    The training floor reads a model through this protocol, never through the model classes: it runs
+    the chain without a final Softmax to train on logits (:mod:`cnnkit.training.head`). A container of
+    your own that is such a chain gets the same treatment by having a ``layers`` dict.
+    """
+
+    layers: dict[str, Layer]

@@ -14,8 +14,10 @@ from .callbacks import (
     LearningRateScheduler,
     ModelCheckpoint,
 )
-from .fit import Trainer, evaluate, fit, predict
+from .fit import evaluate, fit, predict
 from .history import History
+from .progress import ProgressLogger
+from .trainer import NonFiniteError, Trainer
 
 __all__ = [
     "fit",
@@ -23,6 +25,8 @@ __all__ = [
     "predict",
     "History",
     "Trainer",
+    "NonFiniteError",
+    "ProgressLogger",
     "Callback",
     "CallbackList",
     "EarlyStopping",

@@ -39,7 +39,7 @@ from ..utils.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from ..layers.base import Layer
-    from .fit import Trainer
+    from .trainer import Trainer
 
 __all__ = [
     "Callback",
@@ -55,7 +55,15 @@ Logs = dict[str, Any]
 
 
 class Callback:
-    """Base class: every hook does nothing."""
+    """Base class: every hook does nothing.
+
+    ``chief_only = True`` marks a callback with side effects outside the process (files, output): it
+    runs only where the trainer's :attr:`~cnnkit.training.Trainer.is_chief` is True (always, unless a
+    distributed trainer says otherwise).
+    """
+
+    #: Run only on the chief process (writes files or prints); see the class docstring.
+    chief_only: bool = False
 
     def __init__(self) -> None:
         self.trainer: Trainer | None = None
@@ -112,21 +120,31 @@ class Callback:
 
 
 class CallbackList:
-    """Runs a list of callbacks in order."""
+    """Runs a list of callbacks in order; ``internal`` ones (``fit``'s progress display) run first and
+    hold no checkpoint state. On a trainer whose ``is_chief`` is False, ``chief_only`` callbacks do not
+    run (their checkpoint keys stay the same on every process)."""
 
-    def __init__(self, callbacks: list[Callback]) -> None:
+    def __init__(self, callbacks: list[Callback], internal: list[Callback] | None = None) -> None:
         self.callbacks = callbacks
+        self.internal = list(internal or [])
+        self._chief = True
 
     def __iter__(self):
         return iter(self.callbacks)
 
+    def _active(self) -> list[Callback]:
+        every = [*self.internal, *self.callbacks]
+        return every if self._chief else [cb for cb in every if not cb.chief_only]
+
     def set_trainer(self, trainer: Trainer) -> None:
-        for cb in self.callbacks:
+        """Give every callback the trainer (called by ``fit`` before ``on_train_begin``)."""
+        self._chief = bool(getattr(trainer, "is_chief", True))
+        for cb in self._active():
             cb.set_trainer(trainer)
 
     def call(self, hook: str, *args: Any) -> None:
-        """Call ``hook`` on every callback."""
-        for cb in self.callbacks:
+        """Call ``hook`` on every callback that runs here."""
+        for cb in self._active():
             getattr(cb, hook)(*args)
 
     def keys(self) -> list[str]:
@@ -273,6 +291,8 @@ class ModelCheckpoint(Callback):
     continue from with ``resume_from=``. Files are written atomically.
     """
 
+    chief_only = True
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -332,6 +352,8 @@ class CSVLogger(Callback):
     earlier rows). When resuming, the rows of the epochs before the resume (from the history) are kept;
     with ``append=True`` the rows already in the file come first.
     """
+
+    chief_only = True
 
     def __init__(self, path: str | os.PathLike[str], separator: str = ",", append: bool = False) -> None:
         super().__init__()
