@@ -39,9 +39,9 @@ from .gradcheck import gradcheck
 from .io.model_file import load_model, save_model
 from .models import Sequential
 from .ops.conv import conv_output_size
+from ._version import __version__
 from .utils.random import set_seed
 
-__version__ = "0.1.0"
 
 #: Sub-packages imported lazily on first attribute access.
 _LAZY = {

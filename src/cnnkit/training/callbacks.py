@@ -39,7 +39,6 @@ from ..utils.atomic import write_text_atomic
 
 if TYPE_CHECKING:
     from ..layers.base import Layer
-    from .trainer import Trainer
 
 __all__ = [
     "Callback",
@@ -66,11 +65,11 @@ class Callback:
     chief_only: bool = False
 
     def __init__(self) -> None:
-        self.trainer: Trainer | None = None
+        self.trainer: Any = None  # the cnnkit.training.Trainer running fit (not imported: it imports us)
         self.model: Layer | None = None
         self.params: dict[str, Any] = {}
 
-    def set_trainer(self, trainer: Trainer) -> None:
+    def set_trainer(self, trainer: Any) -> None:
         """Called by ``fit`` before ``on_train_begin``."""
         self.trainer = trainer
         self.model = trainer.model
@@ -136,7 +135,7 @@ class CallbackList:
         every = [*self.internal, *self.callbacks]
         return every if self._chief else [cb for cb in every if not cb.chief_only]
 
-    def set_trainer(self, trainer: Trainer) -> None:
+    def set_trainer(self, trainer: Any) -> None:
         """Give every callback the trainer (called by ``fit`` before ``on_train_begin``)."""
         self._chief = bool(getattr(trainer, "is_chief", True))
         for cb in self._active():
