@@ -25,6 +25,7 @@ from typing import Any
 
 # models: importing the floor that defines the containers registers them for load_model
 from . import layers, models, ops  # noqa: F401
+from ._version import __version__
 from .errors import (
     CnnkitError,
     ConfigError,
@@ -39,9 +40,7 @@ from .gradcheck import gradcheck
 from .io.model_file import load_model, save_model
 from .models import Sequential
 from .ops.conv import conv_output_size
-from ._version import __version__
 from .utils.random import set_seed
-
 
 #: Sub-packages imported lazily on first attribute access.
 _LAZY = {
