@@ -45,8 +45,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
 from .utils import memory as _memory
+from .utils.checks import check_int
 
 __all__ = ["OPENBLAS_THREAD_TIMEOUT", "RuntimeState", "openblas_thread_timeout", "state", "tune", "tuned"]
 
@@ -148,9 +148,7 @@ def _shorten_blas_spin() -> tuple[bool, str | None]:
 def _check_threads(threads: Any, where: str) -> int | None:
     if threads is None:
         return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"{where}: threads must be an int >= 1 or None, got {threads!r}")
-    return int(threads)
+    return check_int(threads, "threads", where, 1)
 
 
 def _set_threads(count: int | None) -> Any:

@@ -36,6 +36,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..optim.schedules import ReduceLROnPlateau, Schedule
 from ..utils.atomic import write_text_atomic
+from ..utils.checks import check_int, check_number
 
 if TYPE_CHECKING:
     from ..layers.base import Layer
@@ -209,11 +210,8 @@ class EarlyStopping(Callback):
     ) -> None:
         super().__init__()
         self.monitor = _check_monitor(monitor, "EarlyStopping")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ConfigError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-            raise ConfigError(f"EarlyStopping: min_delta must be a number >= 0, got {min_delta!r}")
-        self.patience = patience
+        self.patience = check_int(patience, "patience", "EarlyStopping", 0)
+        check_number(min_delta, "min_delta", "EarlyStopping", low=0.0)
         self.min_delta = float(min_delta)
         self.mode = _resolve_mode(mode, self.monitor, "EarlyStopping")
         self.restore_best_weights = bool(restore_best_weights)
