@@ -92,3 +92,50 @@ def test_no_import_cycle_in_cnnkit():
     edges = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
     assert len(edges) > 50  # the whole package was read
     assert _cycles(edges) == []
+
+
+def _doc_block(heading: str) -> str:
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_new_layer_example_runs_and_passes_gradcheck(tmp_path):
+    import numpy as np
+
+    import cnnkit
+    from cnnkit.layers import Dense, Flatten
+
+    namespace: dict = {}
+    exec(_doc_block("How to add a new layer"), namespace)
+    layer = namespace["ScaledReLU"](alpha=3.0)
+    assert type(layer).registry_name == "example>ScaledReLU"
+    x64 = np.random.default_rng(0).normal(size=(2, 3, 4, 4)) + 0.05  # away from the kink at 0
+    cnnkit.gradcheck(namespace["ScaledReLU"](alpha=3.0, dtype=np.float64), x64)
+    model = cnnkit.Sequential([Flatten(), layer, Dense(2)], input_shape=(3, 4, 4), seed=0)
+    model.save(tmp_path / "m.cnnkit")
+    loaded = cnnkit.load_model(tmp_path / "m.cnnkit")
+    assert loaded[1].alpha == 3.0 and type(loaded[1]) is namespace["ScaledReLU"]
+
+
+def test_the_new_callback_example_runs():
+    import numpy as np
+
+    import cnnkit
+    from cnnkit.layers import Dense, Flatten
+    from cnnkit.optim import SGD
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 1, 2, 2)).astype(np.float32)
+    y = (x[:, 0, 0, 0] > 0).astype(np.int64)
+    model = cnnkit.Sequential([Flatten(), Dense(2)], input_shape=(1, 2, 2), seed=0)
+    code = _doc_block("How to add a new callback").replace(
+        "callbacks=[StopAtLoss(0.05)])", "callbacks=[StopAtLoss(0.3)], optimizer=SGD(0.5), verbose=0, seed=0)"
+    )
+    namespace = {"model": model, "x": x, "y": y, "SGD": SGD}
+    exec(code, namespace)
+    history = cnnkit.training.fit(
+        cnnkit.Sequential([Flatten(), Dense(2)], input_shape=(1, 2, 2), seed=0), x, y, epochs=50,
+        callbacks=[namespace["StopAtLoss"](0.3)], optimizer=SGD(0.5), verbose=0, seed=0,
+    )  # fmt: skip
+    assert history.history["loss"][-1] < 0.3 and len(history) < 50
