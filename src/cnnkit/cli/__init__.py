@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command (floor 6): ``cnnkit train | evaluate | predict | summary | explain | show | bench``.
+"""The ``cnnkit`` command (floor 9): ``cnnkit train | evaluate | predict | summary | explain | show | bench``.
 
 Each subcommand lives in its own module ``cnnkit/cli/<name>.py`` with a ``register(subparsers)`` function
 that adds its parser and sets ``func`` to a ``run(args) -> int`` callable. Modules import only
