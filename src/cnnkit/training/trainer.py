@@ -52,7 +52,7 @@ from ..optim.optimizers import Optimizer, optimizer_from_state
 from .callbacks import Callback, CallbackList
 from .data_adapters import ArrayAdapter, DataAdapter
 from .head import LossHead, measure, top_k_hits
-from .history import History
+from .history import History, HistoryRecorder
 from .inputs import Batch, check_batch
 from .progress import ProgressLogger
 
@@ -101,7 +101,9 @@ class Trainer:
         self.classes = classes
         self.optimizer = optimizer
         self.progress = ProgressLogger(verbose) if verbose else None
-        self.callbacks = CallbackList(callbacks, internal=[self.progress] if self.progress else [])
+        internal: list[Callback] = [self.progress] if self.progress else []
+        internal.append(HistoryRecorder())
+        self.callbacks = CallbackList(callbacks, internal=internal)
         self.epochs = epochs
         self.seed = seed
         self.verbose = verbose
@@ -368,9 +370,8 @@ class Trainer:
         logs["lr"] = lr
         logs["time"] = time.perf_counter() - start
         logs["images_per_sec"] = seen / max(train_time, 1e-12)
-        self.history.append(epoch, logs)
         self.epochs_done = epoch + 1
-        self.callbacks.call("on_epoch_end", epoch, logs)
+        self.callbacks.call("on_epoch_end", epoch, logs)  # HistoryRecorder first: others see this epoch
         return logs
 
     def _last_good(self) -> str:
