@@ -16,7 +16,7 @@ import pytest
 from cnnkit.data import DataLoader
 from cnnkit.errors import ConfigError
 from cnnkit.optim import SGD
-from cnnkit.training import CSVLogger, ModelCheckpoint, Trainer, fit
+from cnnkit.training import CSVLogger, ModelCheckpoint, Trainer, evaluate, fit, predict
 from cnnkit.training.data_adapters import ArrayAdapter
 from cnnkit.utils.random import epoch_order
 from test_training import assert_same_weights, bars, small_cnn, weights
@@ -157,3 +157,11 @@ def test_sigterm_handler_is_put_back(data):
     x, y = data
     fit(small_cnn(0), x, y, epochs=1, verbose=0, seed=0)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_evaluate_and_predict_draw_no_bar_without_a_terminal(data, capsys):
+    x, y = data
+    model = small_cnn(0)
+    evaluate(model, x, y, verbose=1, batch_size=8)
+    predict(model, x, verbose=1, batch_size=8)
+    assert capsys.readouterr().err == ""

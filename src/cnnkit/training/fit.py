@@ -56,6 +56,7 @@ from .data_adapters import (
 from .head import LossHead, inference_mode, measure
 from .history import History
 from .inputs import check_batch, check_label_range, check_model, ensure_built, num_classes
+from .progress import is_terminal
 from .trainer import Trainer
 
 __all__ = ["fit", "evaluate", "predict", "Trainer"]
@@ -259,6 +260,7 @@ def evaluate(
     Runs in inference mode (dropout off, batch norm on its running statistics); every layer's previous
     mode is put back afterwards. ``top_k=(1, 5)`` adds ``top5_accuracy``: the fraction of samples whose
     label is among the ``k`` highest scores (every ``k > 1`` gets a ``top{k}_accuracy`` key).
+    ``verbose=1`` shows a progress bar when stderr is a terminal.
     """
     op = "evaluate"
     model = check_model(model, op)
@@ -279,7 +281,7 @@ def evaluate(
         if k > classes:
             raise ConfigError(f"{op}: top_k={k} is more than the model's {classes} classes")
     bar = None
-    if verbose:
+    if verbose and is_terminal(sys.stderr):  # a bar belongs on a terminal, not in a log
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(source), desc="Evaluate", unit="batch", file=sys.stderr, dynamic_ncols=True)
@@ -320,7 +322,7 @@ def predict(model: Layer, x: Any, batch_size: int = 256, *, verbose: int = 0) ->
     head = LossHead(model)
     outputs = []
     bar = None
-    if verbose:
+    if verbose and is_terminal(sys.stderr):  # a bar belongs on a terminal, not in a log
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(source), desc="Predict", unit="batch", file=sys.stderr, dynamic_ncols=True)
