@@ -304,12 +304,14 @@ def _normalisation(model: Layer) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _ends_with_softmax(model: Layer) -> bool:
-    """The test :func:`cnnkit.training.predict` makes: a Sequential whose last layer is Softmax(axis 1)."""
-    from ..models import Sequential
+    """The test :func:`cnnkit.training.predict` makes (``training/head.py``): a layer chain
+    (:class:`~cnnkit.layers.base.LayerChain`, as ``Sequential``) whose last layer is Softmax(axis 1)."""
+    from ..layers.base import LayerChain
 
-    if not isinstance(model, Sequential) or len(model) == 0:
+    chain = getattr(model, "layers", None) if isinstance(model, LayerChain) else None
+    if not isinstance(chain, dict) or not chain:
         return False
-    last = model[-1]
+    last = list(chain.values())[-1]
     return last.registry_name == "Softmax" and getattr(last, "axis", 1) in (1, -1)
 
 
@@ -346,8 +348,7 @@ def to_onnx(model: Layer, *, logits: bool = False, include_preprocessing: bool =
         x = g.node("Sub", [x, g.constant("preprocess.mean", mean)], "preprocess")
         x = g.node("Div", [x, g.constant("preprocess.std", std)], "preprocess")
     if _ends_with_softmax(model):
-        children = list(model.children().items())
-        y = g.walk(children[:-1] if logits else children, x, "")
+        y = g.walk(list(model.layers.items())[:-1], x, "") if logits else g.convert(model, x, "")
     else:
         y = g.convert(model, x, "")
         if not logits:
