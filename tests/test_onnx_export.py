@@ -335,3 +335,37 @@ def test_flip_kernel_convolutions_export_their_weights_turned() -> None:
     np.testing.assert_array_equal(
         onnx.numpy_helper.to_array(weight), model[0].params["weight"][:, :, ::-1, ::-1]
     )
+
+
+class ConvThenLeaky(L.Layer):
+    """A container of the user's own with no converter: the exporter walks its ``children()`` in order."""
+
+    def __init__(self, filters: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.parts = {"conv": L.Conv2D(filters, 3, padding=1), "act": L.LeakyReLU(0.3)}
+
+    def children(self):
+        return self.parts
+
+    def build(self, input_shape) -> None:
+        shape = tuple(input_shape)
+        for part in self.parts.values():
+            part.build(shape)
+            shape = part.output_shape
+        self.input_shape, self.output_shape, self.built = tuple(input_shape), shape, True
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for part in self.parts.values():
+            x = part.forward(x, training)
+        return x
+
+
+def test_containers_without_a_converter_are_walked_through_their_children() -> None:
+    model = Sequential(
+        [ConvThenLeaky(3), L.GlobalAvgPool2D(), L.Flatten(), L.Dense(2)], input_shape=(2, 5, 5)
+    )
+    proto = cnnkit_onnx.to_onnx(model)
+    assert [n.op_type for n in proto.graph.node][:2] == ["Conv", "LeakyRelu"]
+    assert "0.conv.weight" in {t.name for t in proto.graph.initializer}
+    x = images(model)
+    np.testing.assert_allclose(run(proto, x), model.predict(x), rtol=0, atol=TOL)
