@@ -52,6 +52,7 @@ _LAZY = {
     "explain": "cnnkit.explain",
     "viz": "cnnkit.viz",
     "runtime": "cnnkit.runtime",
+    "onnx": "cnnkit.onnx",
 }
 
 
