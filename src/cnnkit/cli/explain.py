@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     elif topic == "network":
         from pathlib import Path
 
-        from ._common import get_zoo_model, parse_shape
+        from ._args import parse_shape
+        from ._models import get_zoo_model
 
         shape = parse_shape(args.input_shape) if args.input_shape else None
         if Path(args.model).is_file():
