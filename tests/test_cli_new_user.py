@@ -14,7 +14,6 @@ from PIL import Image
 from cnnkit.cli import main
 from cnnkit.io import load_model
 from cnnkit.models import zoo
-
 from test_cli import _image, run_cli
 
 CLASSES = ["bars", "dots", "plain"]
@@ -109,7 +108,10 @@ def test_sigterm_then_resume_is_bit_identical(images: Path, tmp_path: Path, monk
     rc, out, err = run_cli("train", "--resume", tmp_path / "cut", "--threads", "1")
     assert rc == 0, err
     assert "resuming after epoch 1" in out
-    whole, resumed = _weights(tmp_path / "whole" / "model.cnnkit"), _weights(tmp_path / "cut" / "model.cnnkit")
+    whole, resumed = (
+        _weights(tmp_path / "whole" / "model.cnnkit"),
+        _weights(tmp_path / "cut" / "model.cnnkit"),
+    )
     assert whole.keys() == resumed.keys()
     for key in whole:
         assert np.array_equal(whole[key], resumed[key]), key
