@@ -128,6 +128,28 @@ def test_sigterm_then_resume_is_bit_identical(images: Path, tmp_path: Path, monk
     assert rc == 2 and "no checkpoint.cnnkit" in err
 
 
+def test_a_second_signal_still_leaves_consistent_files(images: Path, tmp_path: Path, monkeypatch) -> None:
+    from cnnkit.training.fit import Trainer
+
+    original = Trainer._train_batch
+
+    def twice(self, epoch, batch, *rest):
+        if epoch == 1 and batch == 0:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)  # the second one stops at once
+        return original(self, epoch, batch, *rest)
+
+    monkeypatch.setattr(Trainer, "_train_batch", twice)
+    out_dir = tmp_path / "o"
+    rc, out, err = run_cli("train", "--data", images, "--epochs", "3", "--out", out_dir, *TRAIN)
+    assert rc == 130, err
+    assert "interrupted after 1 completed epoch" in out and "checkpoint.cnnkit" in out
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["interrupted"] and metrics["epochs_run"] == 1
+    assert load_model(out_dir / "model.cnnkit").metadata["training"]["epochs"] == 1
+    assert (out_dir / "checkpoint.cnnkit").is_file()
+
+
 # ------------------------------------------------------------------------------ 4. 16-bit, float, EXIF
 def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path, untrained: Path) -> None:
     from cnnkit.data import decode_image
@@ -256,3 +278,45 @@ def test_the_first_epoch_note_names_numba(images: Path, tmp_path: Path) -> None:
     rc, out, err = run_cli("train", "--data", images, "--epochs", "1", "--out", tmp_path / "o", *TRAIN)
     assert rc == 0, err
     assert ("Numba" in out) == numba_available()
+
+
+# ------------------------------------------------------------------------------ the library pipeline
+def test_predict_files_uses_one_path_for_a_model_ending_in_softmax(tmp_path: Path) -> None:
+    """Probabilities come from training.predict: a model ending in Softmax is not softmaxed twice."""
+    import cnnkit
+    from cnnkit.data.preprocess import Preprocess, load_image_for
+    from cnnkit.inference import predict_files
+    from cnnkit.layers import Conv2D, Dense, Flatten, ReLU, Softmax
+
+    layers = [Conv2D(4, 3), ReLU(), Flatten(), Dense(3)]
+    plain = cnnkit.Sequential(layers, input_shape=(1, 12, 12), seed=0)
+    ending = cnnkit.Sequential([*layers, Softmax()], input_shape=(1, 12, 12), seed=0)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 20), dtype=np.uint8)).save(img)
+    x = load_image_for(ending, img)
+    assert x.shape == (1, 1, 12, 12) and x.dtype == np.float32
+    assert np.array_equal(x[0], Preprocess.from_model(ending).prepare(img))
+    want = ending.forward(x, False)[0]  # the model's own output: already probabilities
+    for model in (plain, ending):
+        model.eval()
+        results, bad = predict_files(model, [img, tmp_path / "missing.png"], top_k=3)
+        assert [Path(b[0]).name for b in bad] == ["missing.png"]
+        got = {t["index"]: t["probability"] for t in results[0]["top"]}
+        assert np.allclose([got[i] for i in range(3)], want, rtol=1e-5, atol=1e-7)
+        assert abs(sum(got.values()) - 1) < 1e-5
+
+
+def test_saved_preprocessing_has_one_writer(images: Path, tmp_path: Path) -> None:
+    """`cnnkit train` writes what Preprocess.to_metadata writes, and Preprocess.from_model reads it back."""
+    from cnnkit.data.preprocess import Preprocess
+
+    rc, _, err = run_cli("train", "--data", images, "--epochs", "1", "--out", tmp_path / "o", *TRAIN)
+    assert rc == 0, err
+    model = load_model(tmp_path / "o" / "model.cnnkit")
+    pre = Preprocess.from_model(model)
+    assert pre.input_shape == (1, 28, 28) and pre.normalize.mode == "standardize"
+    assert model.metadata["preprocess"] == pre.to_metadata()
+    bad = dict(model.metadata["preprocess"], image_size=[32, 32])
+    model.metadata = {**model.metadata, "preprocess": bad}
+    with pytest.raises(Exception, match="makes inputs of shape"):
+        Preprocess.from_model(model)
