@@ -246,7 +246,7 @@ def test_predict_reports_non_images_and_prints_no_empty_table(untrained: Path, t
     assert "notes.txt" in err and "skipped" in err
 
 
-def test_opening_counts_leave_out_truncated_files(images: Path, tmp_path: Path) -> None:
+def test_opening_counts_leave_out_truncated_files(images: Path, tmp_path: Path, monkeypatch) -> None:
     root = tmp_path / "d"
     _folder(root, per_class=4)
     data = (root / "bars" / "00.png").read_bytes()
@@ -257,6 +257,12 @@ def test_opening_counts_leave_out_truncated_files(images: Path, tmp_path: Path) 
     assert rc == 0, err
     assert out.splitlines()[0].startswith("data: d (") and ": 12 train images" in out.splitlines()[0]
     assert "cut.png" in err
+
+    from cnnkit.cli import _data
+
+    monkeypatch.setattr(_data, "FULL_CHECK_FILES", 5)  # a "large" folder: headers only, and it says so
+    data = _data.load_data(str(root), image_size=(28, 28), color="grey", on_bad_file=lambda *a: None)
+    assert data.sizes()["train"] == 13 and "only their headers were checked" in data.describe()
 
 
 def test_explain_size_and_network_use_the_notes_numbers() -> None:

@@ -299,11 +299,23 @@ def _count_files(root: Path) -> int:
 
 
 def _open_folder(
-    root: Path, size: Any, color: str, split: float, seed: int, strict: bool, record: Any
+    root: Path,
+    size: Any,
+    color: str,
+    split: float,
+    seed: int,
+    strict: bool,
+    record: Any,
+    notes: list[str] | None = None,
 ) -> Any:
     from ..data import image_folder
 
     check = "full" if _count_files(root) <= FULL_CHECK_FILES else "header"
+    if check == "header" and notes is not None:
+        notes.append(
+            f"{root}: more than {FULL_CHECK_FILES:,} files, so only their headers were checked up front; "
+            "a file damaged further in is skipped when it is decoded (metrics.json lists it)"
+        )
     return image_folder(root, size, color, split, seed, check=check, strict=strict, on_bad_file=record)
 
 
@@ -348,9 +360,9 @@ def _load_folder(
         )
     bad, record = _bad_recorder(on_bad_file)
     first = test_split if test_split > 0 else validation_split
-    split = _open_folder(root, size, color, first, seed, strict, record)
+    notes: list[str] = []
+    split = _open_folder(root, size, color, first, seed, strict, record, notes)
     train, validation, test = split.train, split.validation, None
-    notes = []
     if test_split > 0:
         test, validation = split.validation, None
         notes.append(f"{test_split:g} of each class held out as the test split (--test-split)")
@@ -389,10 +401,13 @@ def _load_split_folders(
     layout = _split_layout(root)
     assert layout is not None
     bad, record = _bad_recorder(on_bad_file)
-    train_part = _open_folder(layout["train"], size, color, 0.0, seed, strict, record).train
+    notes: list[str] = []
+    train_part = _open_folder(layout["train"], size, color, 0.0, seed, strict, record, notes).train
     names = list(train_part.class_names)
-    test = _open_folder(layout["test"], size, color, 0.0, seed, strict, record).train.relabel(names)
-    data = LoadedData(root.name or str(root), str(root), names, tuple(size), color, None, bad=bad)
+    test = _open_folder(layout["test"], size, color, 0.0, seed, strict, record, notes).train.relabel(names)
+    data = LoadedData(
+        root.name or str(root), str(root), names, tuple(size), color, None, notes=notes, bad=bad
+    )
     if evaluation:
         data.source += f", {layout['test'].name}/"
         data.train = test
@@ -400,7 +415,7 @@ def _load_split_folders(
     data.test = test
     folders = f"{layout['train'].name}/ + {layout['test'].name}/"
     if "validation" in layout:
-        val = _open_folder(layout["validation"], size, color, 0.0, seed, strict, record).train
+        val = _open_folder(layout["validation"], size, color, 0.0, seed, strict, record, notes).train
         data.validation = val.relabel(names)
         data.train = train_part
         folders += f" + {layout['validation'].name}/"

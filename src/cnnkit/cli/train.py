@@ -229,7 +229,8 @@ def _resumed_args(args: argparse.Namespace) -> tuple[argparse.Namespace, Any]:
     state = ckpt.training_state or {}
     if not isinstance(settings, dict) or "epoch" not in state:
         raise ConfigError(f"--resume {path}: not a checkpoint written by `cnnkit train` (no saved settings)")
-    saved = argparse.Namespace(**{k: v for k, v in vars(args).items() if k in NOT_SAVED})
+    _check_saved(settings, path)
+    saved = argparse.Namespace(**vars(args))  # options newer than the checkpoint keep their defaults
     for key, value in settings.items():
         setattr(saved, key, tuple(value) if key == "image_size" and value is not None else value)
     saved.out = str(path.parent)
@@ -240,6 +241,36 @@ def _resumed_args(args: argparse.Namespace) -> tuple[argparse.Namespace, Any]:
         saved.epochs = args.epochs
     saved.resume = str(path)
     return saved, ckpt
+
+
+def _check_saved(settings: dict, path: Any) -> None:
+    """The saved settings a resumed run trusts: types and ranges as the command line checks them."""
+    import math
+
+    from ..errors import ConfigError
+
+    def is_int(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    checks = {
+        "model": lambda v: isinstance(v, str),
+        "data": lambda v: isinstance(v, str),
+        "epochs": lambda v: is_int(v, 1),
+        "batch_size": lambda v: is_int(v, 1),
+        "seed": lambda v: is_int(v, -(2**63)),
+        "lr": lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+        "validation_split": lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
+        "test_split": lambda v: isinstance(v, (int, float)) and 0 <= v < 1,
+        "optimizer": lambda v: v in ("sgd", "adam", "adamw"),
+        "schedule": lambda v: v in ("cosine", "constant"),
+        "normalize": lambda v: v in ("unit", "symmetric", "standardize"),
+        "limit": lambda v: v is None or is_int(v, 1),
+        "early_stopping": lambda v: v is None or is_int(v, 1),
+        "augment": lambda v: v is None or isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key in settings and not ok(settings[key]):
+            raise ConfigError(f"--resume {path}: the saved setting {key} = {settings[key]!r:.80} is invalid")
 
 
 def _settings(args: argparse.Namespace) -> dict:
