@@ -30,7 +30,7 @@ def sigterm_as_sigint() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         current = signal.getsignal(signal.SIGINT)
         if callable(current):
-            current(signal.SIGINT, frame)
+            current(signum, frame)  # fit names the signal it got
         elif current != signal.SIG_IGN:
             raise KeyboardInterrupt
 
