@@ -233,7 +233,7 @@ def test_cli_fine_tunes_from_pytorch_weights_and_exports(tmp_path: Path, image_f
     assert not np.array_equal(model.state_dict()["7.weight"], module.state_dict()["7.weight"].numpy())
 
     rc, _, err = run_cli("train", "--data", image_folder, "--new-head", "--out", tmp_path / "x")
-    assert rc == 1 and "--new-head needs --init-weights" in err
+    assert rc == 2 and "--new-head needs --init-weights" in err
 
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -241,7 +241,7 @@ def test_cli_fine_tunes_from_pytorch_weights_and_exports(tmp_path: Path, image_f
     rc, stdout, err = run_cli("export", out / "model.cnnkit", onnx_path, "--include-preprocessing")
     assert rc == 0 and "wrote" in stdout, err
     rc, _, err = run_cli("export", out / "model.cnnkit", onnx_path)
-    assert rc == 1 and "already exists" in err
+    assert rc == 2 and "already exists" in err
     from cnnkit.data.transforms import Normalize
 
     pixels = np.random.default_rng(1).integers(0, 256, (4, 1, 32, 32)).astype(np.uint8)

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ConfigError, FileFormatError, ShapeError
 from ..layers.base import Layer
 
-__all__ = ["LoadReport", "apply_state_dict", "load_weights", "read_state_dict"]
+__all__ = ["LoadReport", "apply_state_dict", "check_weights_file", "load_weights", "read_state_dict"]
 
 #: How to turn a pickled PyTorch checkpoint into a file cnnkit reads (run where you trust the file).
 CONVERSION = (
@@ -74,12 +74,18 @@ def _refuse_pickle(path: str) -> None:
         )
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """``{name: array}`` from a ``.safetensors``, ``.cnnkit`` or ``.onnx`` file (by suffix)."""
+def check_weights_file(path: str | os.PathLike[str]) -> str:
+    """The file exists and is not a pickle (without reading it); returns its name."""
     name = os.fspath(path)
     if not os.path.isfile(name):
         raise FileFormatError(f"{name}: no such file" if not os.path.exists(name) else f"{name}: not a file")
     _refuse_pickle(name)
+    return name
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """``{name: array}`` from a ``.safetensors``, ``.cnnkit`` or ``.onnx`` file (by suffix)."""
+    name = check_weights_file(path)
     if name.lower().endswith(".onnx"):
         from .onnx_file import state_dict_from_onnx
 

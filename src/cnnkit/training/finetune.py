@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ConfigError, ShapeError
-from ..io.weights import LoadReport, apply_state_dict, read_state_dict
+from ..io.weights import LoadReport, apply_state_dict, check_weights_file, read_state_dict
 from ..layers import Dense
 from ..layers.base import Layer
 
-__all__ = ["freeze", "head_name", "init_from", "prepare_finetuning", "replace_head"]
+__all__ = ["check_finetuning", "freeze", "head_name", "init_from", "prepare_finetuning", "replace_head"]
 
 
 def _matches(name: str, prefix: str) -> bool:
@@ -140,6 +140,17 @@ def init_from(
     return report
 
 
+def check_finetuning(init_weights: str | None, new_head: bool = False, freeze_prefixes: Any = None) -> None:
+    """The cheap checks of ``cnnkit train``'s fine-tuning flags, run before any data is read: the file
+    exists and is not a pickle, ``--new-head`` comes with it, ``--freeze`` is a string."""
+    if new_head and not init_weights:
+        raise ConfigError("--new-head needs --init-weights FILE (the weights whose head it replaces)")
+    if freeze_prefixes is not None and not isinstance(freeze_prefixes, str):
+        raise ConfigError(f"--freeze takes PREFIX[,PREFIX], got {freeze_prefixes!r:.80}")
+    if init_weights:
+        check_weights_file(init_weights)
+
+
 def prepare_finetuning(
     model: Layer,
     init_weights: str | None,
@@ -149,8 +160,7 @@ def prepare_finetuning(
     log: Callable[[str], Any] = print,
 ) -> None:
     """What ``cnnkit train --init-weights FILE [--new-head] [--freeze P1,P2]`` does to a built model."""
-    if new_head and not init_weights:
-        raise ConfigError("--new-head needs --init-weights FILE (the weights whose head it replaces)")
+    check_finetuning(init_weights, new_head, freeze_prefixes)
     if init_weights:
         report = init_from(model, init_weights, new_head=new_head)
         extra = f"; new head {', '.join(report.reinitialised)}" if report.reinitialised else ""
