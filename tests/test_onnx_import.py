@@ -237,23 +237,23 @@ def test_every_layer_round_trips(tmp_path: Path) -> None:
 
     model = Sequential(
         [
-            L.Conv2D(4, 3, padding=(1, 0), dilation=(1, 2), groups=2), L.BatchNorm2D(), L.LeakyReLU(0.2),
+            L.Conv2D(4, 3, padding=(1, 0), dilation=(1, 2)), L.BatchNorm2D(), L.LeakyReLU(0.2),
             L.MinPool2D(2, stride=1), L.AvgPool2D(3, stride=1, padding=1, dilation=2), L.AvgPool2D(2, padding=1),
             Residual(Sequential([L.Conv2D(4, 1), L.ReLU()]), Sequential([L.MaxPool2D(3, stride=1, padding=1)])),
             L.AdaptiveAvgPool2D((2, 3)), L.Softmax(axis=1), L.Flatten(), L.Dropout(0.3), L.Dense(6),
             L.BatchNorm1D(), L.ReLU(), L.Dense(3),
         ],
-        input_shape=(2, 11, 12),
+        input_shape=(1, 11, 12),
         seed=0,
     )  # fmt: skip
     randomise_buffers(model)
     model.metadata = {
-        "preprocess": {"image_size": [11, 12], "color": "rgb", "normalize": {"mode": "symmetric"}}
+        "preprocess": {"image_size": [11, 12], "color": "grey", "normalize": {"mode": "symmetric"}}
     }
     path = tmp_path / "all.onnx"
     cnnkit_onnx.export(model, path, include_preprocessing=True)
     back = cnnkit_onnx.load(path)
     assert _leaves(back) == _leaves(model)
     assert back.metadata == {"preprocess": model.metadata["preprocess"]}
-    x = np.random.default_rng(0).normal(size=(3, 2, 11, 12)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(3, 1, 11, 12)).astype(np.float32)
     np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=0, atol=1e-6)

@@ -269,38 +269,29 @@ def _residual_sum(g: GraphBuilder, layer: Any, x: str, path: str) -> str:
 # --------------------------------------------------------------------------------------------- the model
 def _normalisation(model: Layer) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-channel ``(m, s)`` with ``network input = (x - m) / s`` for pixels ``x`` in [0, 1], from the
-    preprocessing ``cnnkit train`` saves (``metadata["preprocess"]["normalize"]``, the config of
-    :class:`cnnkit.data.Normalize`), or None when the model has none. The one place that reads it.
+    preprocessing ``cnnkit train`` saves with a model (read by :class:`cnnkit.data.preprocess.Preprocess`,
+    its one reader), or None when the model has none. The one place export reads it.
 
     ``unit`` (``p / max``): ``m = 0, s = 1``; ``symmetric`` (``p / (max / 2) - 1``): ``m = s = 0.5``;
     ``standardize`` (``(p / max - mean_c) / std_c``): ``m = mean_c, s = std_c``.
     """
-    preprocess = (getattr(model, "metadata", None) or {}).get("preprocess")
-    if not isinstance(preprocess, dict):
+    from ..data.preprocess import METADATA_KEY, Preprocess
+
+    if (getattr(model, "metadata", None) or {}).get(METADATA_KEY) is None:
         return None
-    config = preprocess.get("normalize") or {"mode": "unit"}
-    mode = config.get("mode", "unit") if isinstance(config, dict) else None
+    norm = Preprocess.from_model(model).normalize
     channels = int(model.input_shape[0])
-    if mode == "unit":
+    if norm.mode == "unit":
         m, s = [0.0] * channels, [1.0] * channels
-    elif mode == "symmetric":
+    elif norm.mode == "symmetric":
         m, s = [0.5] * channels, [0.5] * channels
-    elif mode == "standardize":
-        m, s = config.get("mean"), config.get("std")
     else:
+        m, s = list(norm.mean or []), list(norm.std or [])
+    if len(m) != channels or len(s) != channels:
         raise ConfigError(
-            f"export: unknown normalisation mode {mode!r} in the model's preprocessing metadata"
+            f"export: the saved normalisation has {len(m)} channel(s), the model's input {channels}"
         )
-    try:
-        mean, std = np.asarray(m, np.float32).reshape(-1), np.asarray(s, np.float32).reshape(-1)
-    except (TypeError, ValueError):
-        raise ConfigError(f"export: the model's normalisation metadata is invalid: {config!r:.200}") from None
-    if mean.size != channels or std.size != channels or not np.all(std > 0):
-        raise ConfigError(
-            f"export: the saved normalisation needs {channels} means and positive stds (the model's input "
-            f"channels), got mean {mean.tolist()} and std {std.tolist()}"
-        )
-    return mean, std
+    return np.asarray(m, np.float32), np.asarray(s, np.float32)
 
 
 def _ends_with_softmax(model: Layer) -> bool:
