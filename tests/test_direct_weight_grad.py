@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnnkit.ops.conv as conv_mod
+import cnnkit.ops.policy as policy
 from cnnkit.ops import _parallel, conv2d_backward, conv2d_forward
 from cnnkit.ops.reference import conv2d_backward_reference
 
@@ -17,7 +18,7 @@ from cnnkit.ops.reference import conv2d_backward_reference
 def _grads(x, w, b, padding, dout, direct):
     """(dw, db) with the direct kernel or, forced, the GEMM path."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(conv_mod, "_PLANAR_COMPILED_MIN", 0 if direct else 1 << 62)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0 if direct else 1 << 62)
     try:
         _, cache = conv2d_forward(x, w, b, padding=padding)
         assert cache.planar

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cnnkit.ops.policy as policy
 import cnnkit.ops.winograd as winograd
 from cnnkit.ops import conv2d_backward, conv2d_forward
 from cnnkit.ops._conv_kernels import col2im_rows_kernel
@@ -22,8 +23,8 @@ from finite_differences import numeric_grad
 
 @pytest.fixture
 def small_inputs_too(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "WINOGRAD_CHANNELS_PER_TILE", 1 << 20)
 
 
 def _tol(dtype, ref: np.ndarray) -> dict:
@@ -77,8 +78,8 @@ def test_matches_the_loop_reference(n, c, f, h, w, padding, bias, flip, dtype, s
     if h + pad4[0] + pad4[1] < 3 or w + pad4[2] + pad4[3] < 3:
         return  # no output: the geometry error is tested elsewhere
     mp = pytest.MonkeyPatch()
-    mp.setattr(winograd, "MIN_ELEMENTS", 0)
-    mp.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    mp.setattr(policy, "WINOGRAD_CHANNELS_PER_TILE", 1 << 20)
     try:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -169,7 +170,7 @@ def test_small_inputs_and_no_numba_take_the_im2col_path(monkeypatch):
     x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)  # one small image: below MIN_ELEMENTS
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     assert not conv2d_forward(x, w, None, padding=1)[1].winograd
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     assert conv2d_forward(x, w, None, padding=1)[1].winograd
     assert not conv2d_forward(x[:, :8], w[:8, :8], None, padding=1)[1].winograd  # too few channels
     assert not conv2d_forward(x, w, None, padding=1, stride=2)[1].winograd

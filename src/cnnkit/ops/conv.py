@@ -76,11 +76,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError, DTypeError, ShapeError
-from . import winograd
+from . import policy, winograd
 from ._args import Padding4, Pair, check_array, is_int, pair
 from ._conv_kernels import col2im_rows_kernel, planar_unfold_kernel
 from ._direct_kernels import planar_weight_grad_kernel
-from ._jit import numba_available
 from ._parallel import run_split, threads
 
 __all__ = [
@@ -96,9 +95,6 @@ PaddingArg = int | Sequence[int] | str
 IntOrPair = int | Sequence[int]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_NARROW_C = 8  # below this many input channels dX is computed transposed (see _input_grad)
-_DX_CHUNK_BYTES = 1 << 20  # dY @ W is computed and scattered this many bytes at a time (compiled path)
-_CHUNK_BYTES = 1 << 22  # streamed path: columns unfolded and multiplied this many bytes at a time
 
 
 # ----------------------------------------------------------------------------- sizes and arguments
@@ -501,7 +497,7 @@ def _unfold_into(cols: np.ndarray, windows: np.ndarray) -> None:
 def _chunk_images(spec: _Spec, width: int, itemsize: int) -> int:
     """Whole images per chunk so that a chunk's ``(rows, width)`` columns take about ``_CHUNK_BYTES``."""
     per_image = spec.out_hw[0] * spec.out_hw[1] * width * itemsize
-    return max(1, min(spec.x_shape[0], _CHUNK_BYTES // max(1, per_image)))
+    return max(1, min(spec.x_shape[0], policy.CHUNK_BYTES // max(1, per_image)))
 
 
 def _streamed_forward(xp: np.ndarray, wmat: np.ndarray, spec: _Spec, bias: bool) -> np.ndarray:
@@ -528,14 +524,6 @@ def _streamed_forward(xp: np.ndarray, wmat: np.ndarray, spec: _Spec, bias: bool)
         _unfold_into(chunk, windows[n0 : n0 + nb])
         np.matmul(chunk, wmat[0], out=out[n0 * per_image : (n0 + nb) * per_image])
     return out
-
-
-#: Up to this many input channels (a network's first layer, on grey or RGB images) the convolution runs
-#: *planar*: see :func:`_planar_forward`. Measured in one process on the 2-core development machine:
-#: notes §5's RGB first layer (64x3x32x32, 32 filters) forward 4.7 -> 3.1 ms and weight gradient 4.9 ->
-#: 3.2 ms; LeNet-5's grey one (128x1x28x28, 6 filters 5x5) 4.7 -> 2.6 and 8.8 -> 5.2 ms. With 6 channels
-#: (LeNet-5's second layer) it was slower than the channels-last path (a LeNet-5 step 23 -> 32 ms).
-_PLANAR_MAX_CHANNELS = 3
 
 
 def _pad_planar(x: np.ndarray, pad: Padding4) -> np.ndarray:
@@ -582,16 +570,11 @@ def _planar_columns(spec: _Spec, k: int, dtype: np.dtype) -> tuple[np.ndarray, l
     return cols, [(n0, min(images, n - n0)) for n0 in range(0, n, images)]
 
 
-#: Fewest padded input elements for the compiled planar unfold: one small image (``cnnkit predict``)
-#: stays on NumPy and never imports Numba.
-_PLANAR_COMPILED_MIN = 1 << 16
-
-
 def _planar_unfold(xp: np.ndarray, taps: list, spec: _Spec, n0: int, nb: int, cols: np.ndarray) -> None:
     """im2col transposed, for images ``n0 : n0 + nb``: row ``k`` of ``cols`` is tap ``k``'s input plane
     (``taps`` from :func:`_planar_taps`). Compiled for big inputs (:func:`planar_unfold_kernel`)."""
     oh, ow = spec.out_hw
-    kernel = planar_unfold_kernel() if xp.size >= _PLANAR_COMPILED_MIN and numba_available() else None
+    kernel = planar_unfold_kernel() if policy.compiled(xp.size) else None
     if kernel is not None:
         (kh, kw), (sh, sw), (dh, dw) = spec.kernel, spec.stride, spec.dilation
         kernel(xp, cols, n0, nb, kh, kw, sh, sw, dh, dw, oh, ow)
@@ -675,8 +658,7 @@ def _direct_weight_grad_applies(spec: _Spec, xp: np.ndarray) -> bool:
         spec.stride == (1, 1)
         and spec.dilation == (1, 1)
         and spec.kernel[1] in (3, 5)
-        and xp.size >= _PLANAR_COMPILED_MIN
-        and numba_available()
+        and policy.compiled(xp.size)
     )
 
 
@@ -806,7 +788,7 @@ def conv2d_forward(
         # no copy at all when x already has channels-last memory.
         cols = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * oh * ow, 1, x.shape[1])
         wmat = _weight_matrix(w, g, None)
-    elif g == 1 and x.shape[1] <= _PLANAR_MAX_CHANNELS:
+    elif g == 1 and x.shape[1] <= policy.PLANAR_MAX_CHANNELS:
         # a first layer on grey or RGB images: taps-first GEMM with a planar result, see _planar_forward
         xp = _pad_planar(x, spec.pad)
         weights = _planar_weights(w, b)
@@ -863,7 +845,7 @@ def _input_grad(dy: np.ndarray, cache: _ConvCache) -> np.ndarray:
     wmat = cache.wmat[:, : kh * kw * (c // g)]
     if cache.pointwise:
         return (dy @ wmat[0].T).reshape(n, oh, ow, c).transpose(0, 3, 1, 2)
-    if g == 1 and c >= _NARROW_C:
+    if g == 1 and c >= policy.NARROW_CHANNELS:
         w_taps = wmat[0].T.reshape(f, kh * kw, c).transpose(1, 0, 2)  # (KH*KW, F, C), no copy
         taps = np.matmul(dy, w_taps).reshape(kh, kw, n, oh, ow, c)
         return _col2im_taps(taps, spec)
@@ -895,7 +877,7 @@ def _input_grad_compiled(dy: np.ndarray, cache: _ConvCache, kernel) -> np.ndarra
     kg = kh * kw * (c // g)
     wmat = cache.wmat[:, :kg]  # (G, Kg, Fg), a transposed view
     per_image = oh * ow
-    images = max(1, min(n, _DX_CHUNK_BYTES // max(1, per_image * g * kg * dy.itemsize)))
+    images = max(1, min(n, policy.DX_CHUNK_BYTES // max(1, per_image * g * kg * dy.itemsize)))
     buf = np.empty((images * per_image, g * kg), dtype=dy.dtype)
     dxp = np.zeros((n, hp, wp * c), dtype=dy.dtype)
     w_fk = wmat[0].T if g == 1 else None  # (F, K) C-ordered rows (stride K [+ 1])
@@ -989,7 +971,7 @@ def conv2d_backward(
         return dx, np.ascontiguousarray(dw), dwmat[:, k].copy() if cache.has_bias else None
     dy = np.ascontiguousarray(dout.transpose(0, 2, 3, 1), dtype=dtype).reshape(m, f)
 
-    if cache.winograd and numba_available():  # after a Winograd forward pass: its adjoint gives dw
+    if cache.winograd and policy.numba_on():  # after a Winograd forward pass: its adjoint gives dw
         # (Numba switched off since, as tests do: the streamed path below reads the same cache)
         return _winograd_backward(dout, dy, cache, need_dx)
 

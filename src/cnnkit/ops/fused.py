@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import winograd
+from . import policy, winograd
 from ._direct_kernels import conv_relu_max_pool_planar_kernel
-from ._jit import numba_available
 from ._parallel import run_split
 from .conv import (
-    _PLANAR_MAX_CHANNELS,
     PaddingArg,
     _check_conv,
     _ConvCache,
@@ -41,11 +39,6 @@ from .pool import _FastCache, pool_geometry
 __all__ = ["conv2d_relu_max_pool2d_forward"]
 
 _POOL_2X2 = ((2, 2), (2, 2), (0, 0), (1, 1))  # kernel, stride, padding, dilation
-#: Fewest padded input elements for the direct first-layer kernel: one small image (``cnnkit predict``)
-#: takes the unfused NumPy path and never imports Numba.
-DIRECT_MIN_ELEMENTS = 1 << 16
-#: Filter sizes the direct kernel has loops for (notes §5 and §9: 3x3; LeNet-5's C1: 5x5).
-DIRECT_KERNELS = ((3, 3), (5, 5))
 
 
 def conv2d_relu_max_pool2d_forward(
@@ -99,13 +92,12 @@ def _direct_applies(spec: _Spec) -> bool:
     n, c = spec.x_shape[:2]
     hp, wp = spec.padded_hw
     return (
-        c <= _PLANAR_MAX_CHANNELS
-        and spec.kernel in DIRECT_KERNELS
+        c <= policy.PLANAR_MAX_CHANNELS
+        and spec.kernel in policy.DIRECT_KERNELS
         and spec.stride == (1, 1)
         and spec.dilation == (1, 1)
         and spec.groups == 1
-        and n * c * hp * wp >= DIRECT_MIN_ELEMENTS
-        and numba_available()
+        and policy.compiled(n * c * hp * wp)
     )
 
 

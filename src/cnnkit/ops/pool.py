@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from . import _jit
+from . import policy
 from ._args import Pair, check_array, pair
 from ._parallel import run_split
 
@@ -293,13 +293,12 @@ def _fast_kernel(x: np.ndarray, g: PoolGeometry) -> tuple[Any, bool] | None:
         and g.padding == (0, 0)
         and g.dilation == (1, 1)
         and x.dtype in (np.float32, np.float64)
-        and x.size >= _pool_kernels().MIN_ELEMENTS
-        and _jit.numba_available()
+        and policy.compiled(x.size)
     ):
         return None
     if _planar(x):
         return _pool_kernels().max_pool_2x2_planar_forward_kernel(), True
-    if x.shape[1] >= _pool_kernels().MIN_CHANNELS and _channels_last(x):
+    if x.shape[1] >= policy.POOL_MIN_CHANNELS and _channels_last(x):
         return _pool_kernels().max_pool_2x2_forward_kernel(), False
     return None
 
@@ -332,7 +331,7 @@ def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
         axes = (0, 2, 3, 1)  # (N, H, W, C) views
     dx[:, :, 2 * oh :, :] = 0  # the row and column the floor rule leaves out (odd sizes)
     dx[:, :, :, 2 * ow :] = 0
-    if not _jit.numba_available():
+    if not policy.numba_on():
         kernel = None
     elif cache.planar:
         kernel = _pool_kernels().max_pool_2x2_planar_backward_kernel()
