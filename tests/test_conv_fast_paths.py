@@ -266,7 +266,7 @@ def _check_planar(channels, size, kernel, stride, padding, dilation, bias, dtype
     kw = {"stride": stride, "padding": padding, "dilation": dilation}
     _check_against_reference(x, w, b, dtype, **kw)
     out, cache = conv2d_forward(x, w, b, **kw)
-    assert cache.planar
+    assert cache.path == "planar"
     assert out.transpose(1, 0, 2, 3).flags.c_contiguous  # (F, N, OH, OW) memory
 
 

@@ -60,7 +60,7 @@ def test_max_pool_fast_path_equals_reference(monkeypatch, dtype, hw, fused, numb
     )
     _set_numba(monkeypatch, numba_on)
     out, cache = fwd(x, 2)
-    assert isinstance(cache, P._FastCache) == numba_on
+    assert isinstance(cache, P.FastMaxPoolCache) == numba_on
     assert out.dtype == dtype
     dy = rng.standard_normal(out.shape).astype(dtype)
     dx = bwd(dy, cache)
@@ -164,7 +164,7 @@ def test_planar_max_pool_kernel_equals_reference(monkeypatch, dtype, hw, fused):
         else (P.max_pool2d_forward, P.max_pool2d_backward)
     )
     out, cache = fwd(x, 2)
-    assert isinstance(cache, P._FastCache) and cache.planar
+    assert isinstance(cache, P.FastMaxPoolCache) and cache.planar
     assert out.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last, for the next convolution
     dy = rng.standard_normal(out.shape).astype(dtype)
     dx = bwd(dy, cache)

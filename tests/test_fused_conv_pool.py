@@ -68,7 +68,7 @@ def test_equals_the_three_ops_bit_for_bit(n, c, f, h, w, padding, bias, dtype, s
         assert fused is not None
         out, conv_cache, pool_cache = fused
         ref_out, ref_conv, ref_pool = _unfused(x, wt, b, padding)
-        assert ref_conv.winograd
+        assert ref_conv.path == "winograd"
         np.testing.assert_array_equal(out, ref_out)
         np.testing.assert_array_equal(pool_cache.arg, ref_pool.arg)
         dout = rng.standard_normal(out.shape).astype(dtype)
@@ -129,7 +129,7 @@ def test_a_model_fuses_and_matches_the_layers_one_by_one(monkeypatch):
     fused_model, plain_model = _block_model(), _block_model(fuse=False)
     out = fused_model.forward(x, True)
     block = fused_model.children()["3"]  # Conv2D, ReLU, MaxPool2D fused when the model was built
-    assert type(block).__name__ == "ConvReLUMaxPool2D" and block._cache[0].winograd
+    assert type(block).__name__ == "ConvReLUMaxPool2D" and block._cache[0].path == "winograd"
     h = x
     for layer in plain_model.layers.values():
         h = layer.forward(h, True)
@@ -210,7 +210,7 @@ def test_direct_first_layer_matches_the_loop_reference_exactly(n, c, f, h, w, k,
         result = conv2d_relu_max_pool2d_forward(x, wt, b, padding, POOL)
         assert result is not None
         out, conv_cache, pool_cache = result
-        assert conv_cache.planar and pool_cache.planar
+        assert conv_cache.path == "planar" and pool_cache.planar
         _, act, ref = _reference_block(x, wt, b, padding)
         np.testing.assert_array_equal(out, ref)
         _, ref_conv, ref_pool = _unfused(x, wt, b, padding)
@@ -280,7 +280,7 @@ def test_direct_first_layer_matches_pytorch(seed):
     wt = (rng.standard_normal((f, c, k, k)) / np.sqrt(k * k * c)).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32) * 0.1
     result = conv2d_relu_max_pool2d_forward(x, wt, b, k // 2, POOL)
-    assert result is not None and result[1].planar
+    assert result is not None and result[1].path == "planar"
     out, conv_cache, pool_cache = result
     dout = rng.standard_normal(out.shape).astype(np.float32)
     _, dw, db = conv2d_backward(relu_max_pool2d_backward(dout, pool_cache), conv_cache, need_dx=False)
@@ -335,7 +335,7 @@ def test_a_model_fuses_its_first_layer_and_matches_the_layers_one_by_one(direct_
     fused_model, plain_model = model(True), model(False)
     out = fused_model.forward(x, True)
     block = fused_model.children()["0"]
-    assert type(block).__name__ == "ConvReLUMaxPool2D" and block._cache[0].planar
+    assert type(block).__name__ == "ConvReLUMaxPool2D" and block._cache[0].path == "planar"
     h = x
     for layer in plain_model.layers.values():
         h = layer.forward(h, True)

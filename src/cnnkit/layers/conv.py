@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError, TrainingError
 from ..ops._args import is_int, pair
-from ..ops.conv import _out_len, _resolve_padding, conv2d_backward, conv2d_forward
+from ..ops.conv import conv2d_backward, conv2d_forward
+from ..ops.conv_paths.common import out_len, resolve_padding
 from ..ops.fused import conv2d_relu_max_pool2d_forward
 from .base import Layer, Shape
 from .init import uniform
@@ -76,7 +77,7 @@ class Conv2D(Layer):
         self.stride = pair(stride, "stride", op)
         self.dilation = pair(dilation, "dilation", op)
         # validates padding (and 'same' with stride 1) now, not at the first call
-        self._pad4 = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation, op)
+        self._pad4 = resolve_padding(padding, self.kernel_size, self.stride, self.dilation, op)
         self.padding = padding if isinstance(padding, str) else _jsonable_padding(padding)
         self.use_bias = bool(use_bias)
         #: Whether :meth:`backward` computes the gradient of the input. A model sets it False on its
@@ -97,8 +98,8 @@ class Conv2D(Layer):
                 f"(input shape {tuple(input_shape)})"
             )
         t, b, l, r = self._pad4
-        oh = _out_len(h, self.kernel_size[0], t, b, self.stride[0], self.dilation[0])
-        ow = _out_len(w, self.kernel_size[1], l, r, self.stride[1], self.dilation[1])
+        oh = out_len(h, self.kernel_size[0], t, b, self.stride[0], self.dilation[0])
+        ow = out_len(w, self.kernel_size[1], l, r, self.stride[1], self.dilation[1])
         if oh < 1 or ow < 1:
             raise ShapeError(
                 f"{self.name}: kernel {self.kernel_size} (dilation {self.dilation}) does not fit "

@@ -112,7 +112,7 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
     with a channels-last result.
 
     ``x`` is ``(C, N, H, W)`` C-contiguous: what a few-channel convolution returns (see
-    :func:`cnnkit.ops.conv._planar_forward`), so each window's two rows are contiguous runs. ``out`` is
+    :mod:`cnnkit.ops.conv_paths.planar`), so each window's two rows are contiguous runs. ``out`` is
     the ``(C, N, OH, OW)`` view of a channels-last buffer (the layout the next convolution reads), and
     ``arg`` is ``(C, N, OH, OW)`` C-contiguous, with the tap index (0..3) stored in ``x``'s float dtype.
 

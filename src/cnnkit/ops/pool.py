@@ -50,6 +50,7 @@ IntOrPair = int | Sequence[int]
 
 __all__ = [
     "PoolGeometry",
+    "FastMaxPoolCache",
     "pool_geometry",
     "max_pool2d",
     "max_pool2d_forward",
@@ -261,7 +262,7 @@ def _route(
 
 # ----------------------------------------------------------------------------- compiled fast path
 @dataclass(frozen=True)
-class _FastCache:
+class FastMaxPoolCache:
     """What the compiled max-pooling backward needs: the output, argmax tap indices and the geometry."""
 
     kind: str
@@ -316,10 +317,10 @@ def _max_fast_forward(
     else:
         arg = np.empty((n, *g.out_size, c), dtype=np.int8)
         run_split(kernel, n, x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
-    return out, _FastCache("max", x.shape, out, arg, g, relu, planar)
+    return out, FastMaxPoolCache("max", x.shape, out, arg, g, relu, planar)
 
 
-def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
+def _max_fast_backward(dout: np.ndarray, cache: FastMaxPoolCache) -> np.ndarray:
     """dx in the input's layout: channels-last, or planar for a planar input."""
     oh, ow = cache.g.out_size
     n, c, h, w = cache.x_shape
@@ -390,7 +391,7 @@ def relu_max_pool2d_forward(
 
 def relu_max_pool2d_backward(dout: np.ndarray, cache: Any) -> np.ndarray:
     """dL/dx of :func:`relu_max_pool2d_forward`: ``max_pool2d_backward(dout * [out > 0])``."""
-    if isinstance(cache, _FastCache):
+    if isinstance(cache, FastMaxPoolCache):
         return max_pool2d_backward(dout, cache)
     _, inner, pooled = cache
     dout = _check_dout(dout, pooled, "max_pool2d")
@@ -425,12 +426,12 @@ def _extreme_forward(
 
 def _extreme_backward(dout: Any, cache: Any, kind: str) -> np.ndarray:
     op = f"{kind}_pool2d"
-    cache_kind = cache.kind if isinstance(cache, _FastCache) else cache[-1]
+    cache_kind = cache.kind if isinstance(cache, FastMaxPoolCache) else cache[-1]
     if cache_kind != kind:
         raise ConfigError(
             f"{op}_backward: cache comes from {cache_kind}_pool2d_forward, expected {op}_forward"
         )
-    if isinstance(cache, _FastCache):
+    if isinstance(cache, FastMaxPoolCache):
         return _max_fast_backward(_check_dout(dout, cache.out, op), cache)
     xp, row_best, out, g, cache_kind = cache
     dout = _like_layout(_check_dout(dout, out, op), _channels_last(xp))
