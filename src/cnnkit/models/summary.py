@@ -37,9 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..layers.base import Layer, Shape
+from ..layers.base import Layer, LayerChain, Shape
 from ..layers.fused import FusedLayer
-from .sequential import Sequential
 
 __all__ = ["LayerRow", "layer_rows", "summary", "fused_runs", "format_shape", "notes_shape"]
 
@@ -90,7 +89,7 @@ def _kids(layer: Layer, fused: bool) -> dict[str, Layer]:
     """A layer's rows below it: the layers as they run (``fused``; a fused layer is a leaf) or as declared."""
     if isinstance(layer, FusedLayer):
         return {} if fused else layer.children()
-    if isinstance(layer, Sequential) and not fused:
+    if isinstance(layer, LayerChain) and not fused:  # a Sequential: its layers as declared
         return layer.layers
     return layer.children()
 
@@ -145,7 +144,7 @@ def fused_runs(model: Layer) -> list[str]:
     """``"0+1+2 (ConvReLUMaxPool2D)"`` for every fused layer of a built model (dotted names), in order."""
     found = []
     for prefix, layer in [("", model), *((name + ".", lay) for name, lay in model.named_layers())]:
-        if isinstance(layer, Sequential):
+        if isinstance(layer, LayerChain):
             for child in layer.children().values():
                 if isinstance(child, FusedLayer):
                     keys = "+".join(prefix + key for key in child.children())
