@@ -62,13 +62,22 @@ class FusedLayer(Layer):
         first = next(iter(items.values()))
         super().__init__(name=name or "+".join(items), dtype=first.dtype)
         self.parts: dict[str, Layer] = items
-        self.training = first.training
         if all(layer.built for layer in items.values()):
             self.build(first.input_shape)  # type: ignore[arg-type]
 
     def children(self) -> dict[str, Layer]:
         """The wrapped layers in the order they run, under their keys in the container."""
         return self.parts
+
+    @property  # type: ignore[override]
+    def training(self) -> bool:
+        """The mode of the first wrapped layer (what ``model.train()``/``eval()`` and their restorers set)."""
+        parts = self.__dict__.get("parts")
+        return next(iter(parts.values())).training if parts else self.__dict__.get("_training", True)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["_training"] = bool(mode)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         shape = tuple(input_shape)
