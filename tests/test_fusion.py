@@ -228,3 +228,21 @@ def test_summary_lists_declared_layers_and_optionally_one_row_per_fused_layer():
 def test_fused_layer_checks_what_it_wraps():
     with pytest.raises(ConfigError, match="ConvReLUMaxPool2D"):
         ConvReLUMaxPool2D({"0": ReLU(), "1": MaxPool2D(2)})
+
+
+def test_training_a_softmax_ended_model_runs_the_fused_layers():
+    """fit's loss head skips a final Softmax and runs the model's children as they run: fused."""
+    from cnnkit.training.head import LossHead
+
+    model = Sequential(
+        [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3), Softmax()],
+        input_shape=(1, 8, 8),
+        seed=0,
+    )
+    head = LossHead(model)
+    assert head.ends_with_softmax
+    assert any(isinstance(layer, ConvReLUMaxPool2D) for layer in head.body)
+    model.set_fusion(False)
+    assert not any(isinstance(layer, FusedLayer) for layer in head.body)
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(softmax(head.logits(x, False), axis=1), model.predict(x))
