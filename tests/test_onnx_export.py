@@ -369,3 +369,15 @@ def test_containers_without_a_converter_are_walked_through_their_children() -> N
     assert "0.conv.weight" in {t.name for t in proto.graph.initializer}
     x = images(model)
     np.testing.assert_allclose(run(proto, x), model.predict(x), rtol=0, atol=TOL)
+
+
+def test_fused_blocks_export_as_their_layers_with_fusion_on_or_off() -> None:
+    model = zoo.get("simple_cnn", seed=0)
+    assert type(model.children()["0"]).__name__ == "ConvReLUMaxPool2D"
+    fused = cnnkit_onnx.to_onnx(model)
+    model.set_fusion(False)
+    plain = cnnkit_onnx.to_onnx(model)
+    assert [(n.op_type, n.name) for n in fused.graph.node] == [(n.op_type, n.name) for n in plain.graph.node]
+    assert [n.name for n in fused.graph.node[:4]] == ["0/Conv", "1/Relu", "2/MaxPool", "3/Conv"]
+    x = images(model)
+    np.testing.assert_allclose(run(fused, x), model.predict(x), rtol=0, atol=TOL)

@@ -8,7 +8,8 @@ a ``Softmax(axis=1)`` layer, else ``softmax(output, axis=1)``, exactly as :func:
 How the graph is made: a table of converters, one per layer class (:data:`CONVERTERS`, looked up along
 the class's MRO by class name), and a container walker. A layer without a converter that has
 ``children()`` is walked child by child in order (``Sequential``, fused blocks); residual blocks have
-their own converter (main branch, shortcut, ``Add``, ``Relu``). Each converter receives the name of its
+their own converter (main branch, shortcut, ``Add``, ``Relu``); fused blocks are walked too, their
+nodes named after the wrapped layers' own keys. Each converter receives the name of its
 input tensor and returns the name of its output tensor. Parameters become initializers under their
 state-dict names (``features.0.weight``), so an export's weights can be read back by name.
 
@@ -254,6 +255,13 @@ def _residual(g: GraphBuilder, layer: Any, x: str, path: str) -> str:
     if layer.downsample is not None:
         short = g.convert(layer.downsample, x, f"{path}.downsample" if path else "downsample")
     return g.node("Relu", [g.node("Add", [out, short], path)], path)
+
+
+@register_converter("FusedLayer")
+def _fused(g: GraphBuilder, layer: Layer, x: str, path: str) -> str:
+    """A fused block (layers/fused.py) is its wrapped layers in order; they keep their keys in the
+    container (``0``, ``1``, ``2``), so their nodes are named as when fusion is off."""
+    return g.walk(layer.children().items(), x, path.rpartition(".")[0])
 
 
 @register_converter("Residual")
