@@ -43,11 +43,12 @@ def serve(model: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 80
         return 2
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"cnnkit serve: {os.fspath(model)} on http://{shown}:{bound}/  (Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])
+        print(f"cnnkit serve: {os.fspath(model)} on http://{shown}:{bound}/  (Ctrl-C stops)", flush=True)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C before uvicorn listens, or re-raised by uvicorn after its shutdown
+        pass
     finally:
         sock.close()
     print("cnnkit serve: stopped", flush=True)
