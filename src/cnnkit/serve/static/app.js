@@ -30,7 +30,7 @@ function fmt(v, digits = 3) {
   if (v === null || v === undefined) return "pad";
   if (!Number.isFinite(v)) return v > 0 ? "+inf" : "-inf";
   const a = Math.abs(v);
-  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(2);
+  if (a !== 0 && (a >= 1e5 || a < 0.5 * 10 ** -digits)) return v.toExponential(2);
   return v.toFixed(digits);
 }
 
@@ -79,18 +79,19 @@ function diverging(v, scale) {
   return [255 + (c[0] - 255) * a, 255 + (c[1] - 255) * a, 255 + (c[2] - 255) * a];
 }
 
-function drawGrid(canvas, grid, scale, colour) {
+function drawGrid(canvas, grid, scale, colour, scaleY) {
   const h = grid.length;
   const w = grid[0].length;
+  const sy = scaleY || scale;
   canvas.width = w * scale;
-  canvas.height = h * scale;
+  canvas.height = h * sy;
   const ctx = canvas.getContext("2d");
-  const img = ctx.createImageData(w * scale, h * scale);
+  const img = ctx.createImageData(w * scale, h * sy);
   for (let i = 0; i < h; i++) {
     for (let j = 0; j < w; j++) {
       const rgb = colour(grid[i][j]);
-      for (let di = 0; di < scale; di++) {
-        let p = ((i * scale + di) * w * scale + j * scale) * 4;
+      for (let di = 0; di < sy; di++) {
+        let p = ((i * sy + di) * w * scale + j * scale) * 4;
         for (let dj = 0; dj < scale; dj++, p += 4) {
           img.data[p] = rgb[0];
           img.data[p + 1] = rgb[1];
@@ -277,8 +278,15 @@ function fillMaps(layer, data) {
     const values = data.vector.slice(0, 512);
     const scale = Math.max(Math.abs(data.range[0]), Math.abs(data.range[1]));
     const canvas = el("canvas", { title: `${data.vector.length} numbers` });
-    drawGrid(canvas, [values], Math.max(1, Math.min(12, Math.floor(600 / values.length))), (v) => diverging(v, scale));
+    drawGrid(canvas, [values], Math.max(1, Math.min(24, Math.floor(600 / values.length))), (v) => diverging(v, scale), 16);
     const note = data.vector.length > values.length ? ` (first ${values.length} shown)` : "";
+    const last = model.layers[model.layers.length - 1].name === layer.name;
+    if (last && data.vector.length === model.classes.length) {
+      const scores = el("div", { class: "scores small" });
+      data.vector.forEach((v, k) => scores.append(el("span", { text: `${model.classes[k]} ${fmt(v, 2)}` })));
+      view.maps.append(el("div", { class: "vector" }, canvas, el("span", { class: "small muted", text: "scores (logits), one per class; the softmax turns them into the probabilities above:" }), scores));
+      return;
+    }
     view.maps.append(el("div", { class: "vector" }, canvas, el("span", { class: "small muted", text: `a vector of ${data.vector.length} numbers${note}, from ${fmt(data.range[0])} to ${fmt(data.range[1])}` })));
     return;
   }
@@ -316,9 +324,14 @@ function outline(layerName, channel, r0, c0, hgt, wid, colour) {
   const canvas = view.canvases[channel];
   const ctx = canvas.getContext("2d");
   const px = view.px;
-  ctx.lineWidth = Math.max(2, Math.round(px / 2));
+  ctx.lineWidth = 2;
   ctx.strokeStyle = colour;
-  ctx.strokeRect(c0 * px + ctx.lineWidth / 2, r0 * px + ctx.lineWidth / 2, wid * px - ctx.lineWidth, hgt * px - ctx.lineWidth);
+  if (hgt === 1 && wid === 1) {
+    // one pixel: a ring around it, so that it stays visible on small maps
+    ctx.strokeRect(c0 * px - 2, r0 * px - 2, px + 4, px + 4);
+  } else {
+    ctx.strokeRect(c0 * px + 1, r0 * px + 1, wid * px - 2, hgt * px - 2);
+  }
   highlighted.push([layerName, channel]);
 }
 
@@ -344,6 +357,7 @@ async function explain(layer, channel, row, col) {
   clearOutlines();
   const panel = $("#explain");
   panel.replaceChildren();
+  Object.assign(panel.dataset, { layer: layer.name, channel, row, col });
   panel.append(el("button", { class: "close secondary", text: "close", onclick: () => { panel.hidden = true; clearOutlines(); } }));
   if (body.kind === "conv") renderConv(panel, layer, body);
   else if (body.kind === "pool") renderPool(panel, layer, body);
@@ -364,6 +378,8 @@ function gridTable(values, opts = {}) {
       if (v !== null && v !== undefined) td.setAttribute("data-value", String(v));
       if (opts.pad && opts.pad(i, j)) td.classList.add("pad");
       if (opts.win && opts.win[0] === i && opts.win[1] === j) td.classList.add("win");
+      if (opts.signs && v > 0) td.classList.add("plus");
+      if (opts.signs && v < 0) td.classList.add("minus");
       tr.append(td);
     });
     table.append(tr);
@@ -389,6 +405,15 @@ function renderConv(panel, layer, e) {
   const spanW = dw * (kw - 1) + 1;
   const src = e.input_layer;
   const inputShape = layer.input_shape || [];
+  const inH = inputShape[1];
+  const inW = inputShape[2];
+  const pad = (a, b) => {
+    const r = r0 + a * dh;
+    const c = c0 + b * dw;
+    return inH !== undefined && (r < 0 || c < 0 || r >= inH || c >= inW);
+  };
+  let padded = false;
+  for (let a = 0; a < kh; a++) for (let b = 0; b < kw; b++) padded = padded || pad(a, b);
   panel.append(el("h2", { text: `One number, explained: layer ${e.layer} (Conv2D), map ${f}, row ${i}, column ${j}` }));
   panel.append(
     el("p", {
@@ -399,29 +424,22 @@ function renderConv(panel, layer, e) {
         `${src ? " (outlined there)" : ""}. Each input value is multiplied by the weight over it, ` +
         `the products are added up, and the filter's bias is added (notes §3.3, with ${e.window.length} input ` +
         `channel${e.window.length > 1 ? "s" : ""}: one ${kh}×${kw} slice each).` +
-        (e.padding.some((p) => p > 0) ? " Grey cells are the zero padding around the input (notes §3.4)." : ""),
+        (padded ? " Grey cells lie in the zero padding around the input (notes §3.4)." : ""),
     }),
   );
   const grids = el("div", { class: "grids" });
   const shown = Math.min(e.window.length, 8);
-  const inH = inputShape[1];
-  const inW = inputShape[2];
-  const pad = (a, b) => {
-    const r = r0 + a * dh;
-    const c = c0 + b * dw;
-    return inH !== undefined && (r < 0 || c < 0 || r >= inH || c >= inW);
-  };
   for (let c = 0; c < shown; c++) {
     const channel = e.input_channels[c];
     grids.append(
       el(
         "div",
         { class: "triple" },
-        labelled(`input, channel ${channel}`, gridTable(e.window[c], { pad })),
+        labelled(`input window, channel ${channel}`, gridTable(e.window[c], { pad })),
         el("span", { class: "op", text: "×" }),
-        labelled(`kernel, channel ${c}`, gridTable(e.kernel[c])),
+        labelled(`filter ${f}'s weights, channel ${c}`, gridTable(e.kernel[c])),
         el("span", { class: "op", text: "=" }),
-        labelled(`products (sum ${fmt(e.channel_sums[c], 4)})`, gridTable(e.products[c], { role: "product", digits: 4 })),
+        labelled(`products (sum ${fmt(e.channel_sums[c], 4)})`, gridTable(e.products[c], { role: "product", digits: 4, signs: true })),
       ),
     );
   }
