@@ -19,7 +19,6 @@ from cnnkit.ops.conv import conv2d
 from cnnkit.ops.pool import max_pool2d
 from cnnkit.serve import create_app
 from cnnkit.serve import inspect as serve_inspect
-
 from serve_helpers import FASHION_CLASSES, ServerProcess, blob_png, env, png_bytes, write_lenet_file
 
 
@@ -43,7 +42,10 @@ def call(app, method: str, url: str, **kwargs) -> httpx.Response:
 
 
 def upload(data: bytes, **fields) -> dict:
-    return {"files": {"file": ("image.png", data, "image/png")}, "data": {k: str(v) for k, v in fields.items()}}
+    return {
+        "files": {"file": ("image.png", data, "image/png")},
+        "data": {k: str(v) for k, v in fields.items()},
+    }
 
 
 def model_input(model_file, data: bytes) -> np.ndarray:
@@ -265,10 +267,17 @@ def _png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` (with valid CRCs) and whose data is one tiny row."""
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 2)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 2))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _assert_json_error(r: httpx.Response, status: int) -> None:
@@ -301,7 +310,7 @@ def test_bad_uploads_are_json_4xx_never_500(model_file):
         app,
         "POST",
         "/api/predict",
-        content=b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",
+        content=b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc',
         headers={"content-type": "multipart/form-data; boundary=xyz"},
     )
     assert 400 <= bad.status_code < 500 and "error" in bad.json()
@@ -357,7 +366,9 @@ def test_cnnkit_serve_starts_answers_and_stops_on_ctrl_c(model_file):
         assert server.url.startswith("http://127.0.0.1:")
         r = httpx.get(server.url + "api/model", timeout=30)
         assert r.status_code == 200 and r.json()["classes"] == FASHION_CLASSES
-        r = httpx.post(server.url + "api/predict", files={"file": ("a.png", blob_png(0), "image/png")}, timeout=30)
+        r = httpx.post(
+            server.url + "api/predict", files={"file": ("a.png", blob_png(0), "image/png")}, timeout=30
+        )
         assert r.status_code == 200
     finally:
         code, out, err = server.interrupt()

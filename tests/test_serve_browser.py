@@ -79,14 +79,21 @@ def test_page_uploads_predicts_and_explains_a_feature_map_pixel(tmp_path):
             page.wait_for_selector('canvas.map-canvas[data-layer="11"], .maps[data-layer="11"] .vector')
             box = canvas.bounding_box()
             row, col = 13, 9  # click the middle of pixel (13, 9) of the 28x28 map
-            canvas.click(position={"x": (col + 0.5) * box["width"] / 28, "y": (row + 0.5) * box["height"] / 28})
+            canvas.click(
+                position={"x": (col + 0.5) * box["width"] / 28, "y": (row + 0.5) * box["height"] / 28}
+            )
             panel = page.wait_for_selector("#explain [data-role=value]")
             assert panel is not None
-            shown = page.eval_on_selector("#explain", "e => [e.dataset.layer, +e.dataset.channel, +e.dataset.row, +e.dataset.col]")
+            shown = page.eval_on_selector(
+                "#explain", "e => [e.dataset.layer, +e.dataset.channel, +e.dataset.row, +e.dataset.col]"
+            )
             assert shown == ["0", 2, row, col]
 
             def values(selector: str) -> list[float]:
-                return [float(v) for v in page.eval_on_selector_all(selector, "es => es.map(e => e.dataset.value)")]
+                return [
+                    float(v)
+                    for v in page.eval_on_selector_all(selector, "es => es.map(e => e.dataset.value)")
+                ]
 
             def texts(selector: str) -> list[str]:
                 return page.eval_on_selector_all(selector, "es => es.map(e => e.textContent)")
@@ -103,7 +110,9 @@ def test_page_uploads_predicts_and_explains_a_feature_map_pixel(tmp_path):
             assert relu == max(0.0, value)
             # and the rounded numbers on screen are those numbers
             assert texts("#explain [data-role=value]") == [f"{value:.4f}"]
-            assert [float(t) for t in texts("#explain td[data-role=product]")] == pytest.approx(products, abs=6e-5)
+            assert [float(t) for t in texts("#explain td[data-role=product]")] == pytest.approx(
+                products, abs=6e-5
+            )
             # the value is the layer's real output, recomputed here from the model file with cnnkit's ops
             model = load_model(model_path)
             conv = model[0]
@@ -122,7 +131,9 @@ def test_page_uploads_predicts_and_explains_a_feature_map_pixel(tmp_path):
             page.wait_for_timeout(200)
 
             # back to the convolution for the picture
-            canvas.click(position={"x": (col + 0.5) * box["width"] / 28, "y": (row + 0.5) * box["height"] / 28})
+            canvas.click(
+                position={"x": (col + 0.5) * box["width"] / 28, "y": (row + 0.5) * box["height"] / 28}
+            )
             page.wait_for_selector("#explain[data-layer='0'] [data-role=value]")
             shot = tmp_path / "serve-page.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -131,6 +142,28 @@ def test_page_uploads_predicts_and_explains_a_feature_map_pixel(tmp_path):
             if keep:
                 shutil.copy(shot, Path(keep) / shot.name)
                 page.locator("#results").screenshot(path=str(Path(keep) / "serve-results.png"))
+
+            # draw a vertical bar (a trouser, roughly) and classify the drawing
+            page.evaluate("window.scrollTo(0, 0)")
+            draw = page.locator("#draw")
+            dbox = draw.bounding_box()
+            page.mouse.move(dbox["x"] + dbox["width"] * 0.5, dbox["y"] + dbox["height"] * 0.15)
+            page.mouse.down()
+            for k in range(1, 11):
+                page.mouse.move(
+                    dbox["x"] + dbox["width"] * 0.5, dbox["y"] + dbox["height"] * (0.15 + 0.07 * k)
+                )
+            page.mouse.up()
+            page.click("#draw-go")
+            page.wait_for_selector("#status:has-text('Done: your drawing')")
+            # the model sees the stroke: bright pixels in the resized picture, in a column near the middle
+            bright = page.eval_on_selector(
+                "#resized",
+                "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;"
+                " for (let i = 0; i < d.length; i += 4) n += d[i] > 128; return [n, c.width * c.height]; }",
+            )
+            assert 0.02 < bright[0] / bright[1] < 0.4
+            assert page.locator("#prediction .bar").count() == 10
             browser.close()
     finally:
         code, _, err = server.interrupt()

@@ -182,7 +182,9 @@ def _load_static() -> dict[str, bytes]:
 
 def _page(state: ServeState) -> Any:
     async def page(request: Request) -> Response:
-        return Response(state.static["index.html"], media_type=_STATIC_TYPES[".html"], headers=_SECURITY_HEADERS)
+        return Response(
+            state.static["index.html"], media_type=_STATIC_TYPES[".html"], headers=_SECURITY_HEADERS
+        )
 
     return page
 
@@ -267,7 +269,9 @@ def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
             415, f"not an image Pillow can read ({type(err).__name__}); send a PNG, JPEG, GIF, BMP or WebP"
         ) from None
     if width * height > max_pixels:
-        raise ApiError(413, f"image has {width}x{height} = {width * height} pixels, the limit is {max_pixels}")
+        raise ApiError(
+            413, f"image has {width}x{height} = {width * height} pixels, the limit is {max_pixels}"
+        )
     if width < 1 or height < 1:
         raise ApiError(415, f"image has size {width}x{height}")
     return width, height

@@ -71,7 +71,9 @@ class Tracer:
         return records
 
 
-def _record(records: list[Record], name: str, layer: Layer, x: np.ndarray, out: np.ndarray, source: Any) -> None:
+def _record(
+    records: list[Record], name: str, layer: Layer, x: np.ndarray, out: np.ndarray, source: Any
+) -> None:
     kind = type(layer).__name__
     keep_input = kind in _EXPLAINED and not layer.children()
     records.append(
@@ -288,7 +290,11 @@ def maps_json(rec_output: np.ndarray, offset: int = 0, limit: int = 64) -> dict[
             "channels": c,
         }
     flat = out.reshape(-1)
-    return {"shape": list(out.shape), "vector": flat.tolist(), "range": [float(flat.min()), float(flat.max())]}
+    return {
+        "shape": list(out.shape),
+        "vector": flat.tolist(),
+        "range": [float(flat.min()), float(flat.max())],
+    }
 
 
 def first_conv(model: Layer) -> tuple[str, Layer] | None:
