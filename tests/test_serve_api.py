@@ -392,3 +392,24 @@ def test_cnnkit_serve_without_a_model_says_how_to_make_one(tmp_path):
     assert out.returncode == 2
     assert "runs/lenet5-fashion-mnist/model.cnnkit does not exist" in out.stderr
     assert "cnnkit train" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cnnkit_serve_on_a_busy_port_is_a_one_line_error(model_file):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "cnnkit", "serve", str(model_file), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=60,
+        )
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip()
+        == f"cnnkit serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -17,9 +17,9 @@ the prediction, every layer's output shape and parameters, every feature map, th
 and, for any pixel of a convolution or pooling map you click, the arithmetic that produced it
 (window x kernel, the sum, the bias, the ReLU). The same numbers are served as JSON under /api/.
 
-With no MODEL it uses {DEFAULT_MODEL}, the model of the main job; when that file does not exist it
-says how to make it (`cnnkit train`, a few minutes) and stops. It binds to 127.0.0.1 (this computer
-only) unless --host says otherwise; Ctrl-C stops it.
+With no MODEL it uses the main job's model, {DEFAULT_MODEL};
+when that file does not exist it says how to make it (`cnnkit train`, a few minutes) and stops.
+It binds to 127.0.0.1 (this computer only) unless --host says otherwise; Ctrl-C stops it.
 
 Needs the optional packages: pip install 'cnnkit[serve]'.
 """
