@@ -304,7 +304,9 @@ def test_bad_uploads_are_json_4xx_never_500(model_file):
     _assert_json_error(call(app, "POST", "/api/predict", **upload(_png_claiming(200_000, 200_000))), 413)
     # a truncated image: the header is fine, the pixels are not
     truncated = _png_claiming(50, 50)
-    _assert_json_error(call(app, "POST", "/api/predict", **upload(truncated)), 422)
+    r = call(app, "POST", "/api/predict", **upload(truncated))
+    _assert_json_error(r, 422)
+    assert r.json()["error"].startswith("the uploaded file: not a readable image") and "BytesIO" not in r.text
     # malformed multipart
     bad = call(
         app,

@@ -2,8 +2,10 @@
 probabilities" (the pipeline of ``cnnkit predict``), so that ``/api/predict`` answers what
 ``cnnkit predict --json`` prints for the same file.
 
-Kept in one small module on purpose: when the pipeline moves into a public library function, only this
-file changes.
+Kept in one small module on purpose: when the pipeline moves into a public library function (the saved
+preprocessing as ``cnnkit.data.preprocess.Preprocess``, probabilities from ``cnnkit.training.predict``,
+loading from ``cnnkit.inference``), only this file changes; ``tests/test_serve_api.py`` checks that the
+page still answers exactly what ``cnnkit predict --json`` prints.
 """
 
 from __future__ import annotations
@@ -30,9 +32,23 @@ def for_model(model: Any) -> tuple[Any, list[str]]:
     return Preprocess.from_model(model), class_names_of(model)
 
 
+def describe(pre: Any) -> dict[str, Any]:
+    """The saved preprocessing as JSON: ``image_size`` ``[H, W]``, ``color``, ``normalize`` (its config)."""
+    return {
+        "image_size": [int(s) for s in pre.image_size],
+        "color": str(pre.color),
+        "normalize": pre.normalize.get_config(),
+    }
+
+
 def decode(pre: Any, data: bytes) -> np.ndarray:
     """Image bytes -> uint8 ``(C, H, W)`` at the model's size and colour (the saved preprocessing)."""
-    return pre.load(io.BytesIO(data))
+    from ..errors import DataError
+
+    try:
+        return pre.load(io.BytesIO(data))
+    except DataError as err:  # its message starts with the "file name", here a BytesIO's repr
+        raise DataError(f"the uploaded file: {str(err).split(': ', 1)[-1]}") from None
 
 
 def model_input(pre: Any, image: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ def _pick(x: np.ndarray, y: np.ndarray, names: list[str]) -> list[tuple[str, byt
     return out
 
 
-def sample_images(metadata: dict[str, Any], class_names: list[str], pre: Any) -> list[tuple[str, bytes]]:
+def sample_images(metadata: dict[str, Any], image_size: tuple[int, int]) -> list[tuple[str, bytes]]:
     """``(class name, PNG bytes)`` pairs; empty when the model's data is not a built-in data set."""
     name = (metadata.get("data") or {}).get("name")
     if name == "fashion-mnist":
@@ -45,6 +45,6 @@ def sample_images(metadata: dict[str, Any], class_names: list[str], pre: Any) ->
     if name == "shapes":
         from ..data import shapes
 
-        images = shapes(PER_CLASS * 12, tuple(pre.image_size), seed=1)
+        images = shapes(PER_CLASS * 12, tuple(image_size), seed=1)
         return _pick(images.x, images.y, list(images.class_names))
     return []

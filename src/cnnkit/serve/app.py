@@ -319,19 +319,13 @@ def _traced(state: ServeState, data: bytes) -> _Trace:
 def _model(state: ServeState) -> Any:
     async def model(request: Request) -> Response:
         net = state.network
-        pre = state.pre
         conv = inspect.first_conv(state.model)
         meta = getattr(state.model, "metadata", None) or {}
         return JSONResponse(
             {
                 "name": state.label,
                 "classes": state.class_names,
-                "input": {
-                    "shape": list(net.input_shape),
-                    "image_size": list(pre.image_size),
-                    "color": pre.color,
-                    "normalize": pre.normalize.get_config(),
-                },
+                "input": {"shape": list(net.input_shape), **_inference.describe(state.pre)},
                 "layers": [
                     {
                         "name": s.name,
@@ -378,7 +372,8 @@ def _load_samples(state: ServeState) -> list[tuple[str, bytes]]:
             from ._samples import sample_images
 
             meta = getattr(state.model, "metadata", None) or {}
-            state.samples = sample_images(meta, state.class_names, state.pre)
+            size = _inference.describe(state.pre)["image_size"]
+            state.samples = sample_images(meta, (size[0], size[1]))
         return state.samples
 
 
