@@ -415,3 +415,14 @@ def test_cnnkit_serve_on_a_busy_port_is_a_one_line_error(model_file):
         out.stderr.strip()
         == f"cnnkit serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_a_broken_model_is_a_422_not_a_500():
+    model = Sequential([Conv2D(2, 3), ReLU(), Flatten(), Dense(2)], input_shape=(1, 6, 6), seed=0)
+    model[0].params["weight"][...] = np.nan
+    app = create_app(model)
+    data = png_bytes(np.full((6, 6), 100, np.uint8))
+    for url, fields in (("/api/predict", {}), ("/api/activations", {"layer": "0"})):
+        r = call(app, "POST", url, **upload(data, **fields))
+        _assert_json_error(r, 422)
+        assert "NaN" in r.json()["error"]

@@ -308,6 +308,11 @@ def _traced(state: ServeState, data: bytes) -> _Trace:
     image = _inference.decode(state.pre, data)
     x = _inference.model_input(state.pre, image)
     trace = _Trace(image, x, state.tracer.trace(x))
+    broken = [r.name for r in trace.records if not np.all(np.isfinite(r.output))]
+    if broken:
+        raise ApiError(
+            422, f"layer {broken[0]} gives NaN or infinite values for this image: the model is broken"
+        )
     with state.trace_lock:
         state.traces[key] = trace
         while len(state.traces) > TRACE_CACHE:
@@ -402,6 +407,8 @@ def _predict(state: ServeState) -> Any:
         data, _ = await _read_form(request, state)
         check_image(data, state.max_pixels)
         probs = await _run(state, _inference.probabilities, state.model, state.pre, data)
+        if not np.all(np.isfinite(probs)):
+            raise ApiError(422, "the model gives NaN or infinite probabilities for this image: it is broken")
         return JSONResponse(
             {"classes": state.class_names, "probabilities": [float(p) for p in probs]},
             headers=_SECURITY_HEADERS,
