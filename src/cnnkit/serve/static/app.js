@@ -312,8 +312,20 @@ function fillMaps(layer, data) {
     view.canvases[channel] = canvas;
     view.maps.append(el("div", { class: "map" }, canvas, el("span", { text: `${data.kind === "Input" ? "channel" : "map"} ${channel}` })));
   });
-  if (data.channels > data.maps.length) {
-    view.maps.append(el("span", { class: "small muted", text: `… ${data.channels - data.maps.length} more maps not drawn` }));
+  if (data.channels > data.offset + data.maps.length) {
+    const rest = data.channels - data.offset - data.maps.length;
+    const more = el("button", { class: "secondary more", type: "button", text: `show the other ${rest} maps` });
+    more.addEventListener("click", async () => {
+      more.disabled = true;
+      try {
+        const next = await postImage("/api/activations", { layer: layer.name, offset: data.offset + data.maps.length, limit: 256 });
+        fillMaps(layer, { ...data, maps: data.maps.concat(next.maps), ranges: data.ranges.concat(next.ranges) });
+      } catch (err) {
+        showError(err.message);
+        more.disabled = false;
+      }
+    });
+    view.maps.append(more);
   }
 }
 
