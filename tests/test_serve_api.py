@@ -357,7 +357,10 @@ def test_page_and_assets_are_served_from_the_package(app):
 
 # ----------------------------------------------------------------------------------------- the command
 def test_import_cnnkit_does_not_import_the_server():
-    code = "import sys, cnnkit, cnnkit.cli\nprint(' '.join(m for m in ('starlette', 'uvicorn', 'multipart') if m in sys.modules))"
+    code = (
+        "import sys, cnnkit, cnnkit.cli\n"
+        "print(' '.join(m for m in ('starlette', 'uvicorn', 'multipart') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), check=True)
     assert out.stdout.strip() == ""
 

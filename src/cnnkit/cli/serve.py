@@ -1,4 +1,4 @@
-"""``cnnkit serve [MODEL]``: a local page that shows a model thinking, layer by layer (see :mod:`cnnkit.serve`).
+"""``cnnkit serve [MODEL]``: a local page showing a model thinking, layer by layer (:mod:`cnnkit.serve`).
 
 Needs the optional extra ``cnnkit[serve]`` (Starlette, uvicorn, python-multipart), imported inside ``run``.
 """
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     missing = [m for m in ("starlette", "uvicorn", "multipart") if importlib.util.find_spec(m) is None]
     if missing:
         print(
-            f"cnnkit serve: error: needs {', '.join(missing)}; install them with: pip install 'cnnkit[serve]'",
+            f"cnnkit serve: error: needs {', '.join(missing)}; install them: pip install 'cnnkit[serve]'",
             file=sys.stderr,
         )
         return 2
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None and not Path(path).is_file():
         print(
             f"cnnkit serve: error: no MODEL given and {DEFAULT_MODEL} does not exist.\n"
-            "  Make it with `cnnkit train` (LeNet-5 on Fashion-MNIST, a few minutes), then run `cnnkit serve`;\n"
+            "  Make it with `cnnkit train` (LeNet-5 on Fashion-MNIST, minutes), then run `cnnkit serve`;\n"
             "  or give any model file written by `cnnkit train`: cnnkit serve path/to/model.cnnkit",
             file=sys.stderr,
         )

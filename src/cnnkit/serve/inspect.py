@@ -279,7 +279,7 @@ def explain_pool(rec: Record, c: int, i: int, j: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- JSON views
 def maps_json(rec_output: np.ndarray, offset: int = 0, limit: int = 64) -> dict[str, Any]:
-    """A layer's output as JSON: feature maps ``(C, H, W)`` (``limit`` of them from ``offset``) or a vector."""
+    """A layer's output as JSON: feature maps ``(C, H, W)`` (``limit`` from ``offset``) or a vector."""
     out = np.asarray(rec_output, dtype=np.float32)
     if out.ndim == 3:
         c = out.shape[0]
