@@ -117,7 +117,8 @@ def main() -> int:
     print(
         f"median of {len(runs)}: p50 {statistics.median(p50s):.0f} ms, p95 {statistics.median(p95s):.0f} ms, "
         f"{args.requests / statistics.median(walls):.0f} requests/s; "
-        f"all {args.requests * len(runs)} answered 200, identical; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"all {args.requests * len(runs)} answered 200, identical; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     return 0
