@@ -30,6 +30,17 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def seeded_lenet(path: Path) -> Path:
     """A LeNet-5 file with the metadata ``cnnkit train`` writes (untrained: speed does not care)."""
     from cnnkit.models import zoo
@@ -118,7 +129,7 @@ def main() -> int:
         f"median of {len(runs)}: p50 {statistics.median(p50s):.0f} ms, p95 {statistics.median(p95s):.0f} ms, "
         f"{args.requests / statistics.median(walls):.0f} requests/s; "
         f"all {args.requests * len(runs)} answered 200, identical; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{cpu_name()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     return 0
