@@ -429,3 +429,24 @@ def test_a_broken_model_is_a_422_not_a_500():
         r = call(app, "POST", url, **upload(data, **fields))
         _assert_json_error(r, 422)
         assert "NaN" in r.json()["error"]
+
+
+def test_an_unexpected_failure_is_a_json_500_without_traceback(model_file, monkeypatch):
+    from cnnkit.serve import _inference
+
+    app = create_app(model_file)
+
+    def boom(*args):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(_inference, "probabilities", boom)
+
+    async def go():
+        # as a server does: the app answers, then re-raises for the server's log (which the client never sees)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/api/predict", **upload(blob_png(0)))
+
+    r = asyncio.run(go())
+    _assert_json_error(r, 500)
+    assert "secret detail" not in r.text and "RuntimeError" in r.text

@@ -170,7 +170,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _json_error(500, f"internal error ({type(exc).__name__}); the server log has no more detail")
+    """A bug: the client gets one JSON line; Starlette re-raises, so uvicorn prints the traceback on the
+    server's console."""
+    return _json_error(500, f"internal error ({type(exc).__name__}); the server's console shows where")
 
 
 # ----------------------------------------------------------------------------------------- static files
