@@ -420,13 +420,8 @@ def _predict(state: ServeState) -> Any:
 
 
 def _activations(state: ServeState) -> Any:
-    async def activations(request: Request) -> Response:
-        data, fields = await _read_form(request, state)
-        check_image(data, state.max_pixels)
-        layer = fields.get("layer", "input")
-        offset = max(0, _int_field(fields, "offset", 0))
-        limit = min(MAX_MAPS, max(1, _int_field(fields, "limit", 64)))
-        trace = await _run(state, _traced, state, data)
+    def answer(data: bytes, layer: str, offset: int, limit: int) -> Response:
+        trace = _traced(state, data)
         if layer == "input":
             payload = inspect.maps_json(trace.x[0], offset, limit)
             payload.update(layer="input", kind="Input", image=trace.image.tolist())
@@ -437,24 +432,35 @@ def _activations(state: ServeState) -> Any:
                 raise ApiError(404, str(err)) from None
             payload = inspect.maps_json(rec.output, offset, limit)
             payload.update(layer=rec.name, kind=rec.kind, source=rec.source)
-        return JSONResponse(payload, headers=_SECURITY_HEADERS)
+        return JSONResponse(payload, headers=_SECURITY_HEADERS)  # rendered here, in the worker thread
+
+    async def activations(request: Request) -> Response:
+        data, fields = await _read_form(request, state)
+        check_image(data, state.max_pixels)
+        layer = fields.get("layer", "input")
+        offset = max(0, _int_field(fields, "offset", 0))
+        limit = min(MAX_MAPS, max(1, _int_field(fields, "limit", 64)))
+        return await _run(state, answer, data, layer, offset, limit)
 
     return activations
 
 
 def _explain(state: ServeState) -> Any:
+    def answer(data: bytes, layer: str, where: list[int]) -> Response:
+        trace = _traced(state, data)
+        try:
+            payload = inspect.explain(trace.records, layer, *where)
+        except CnnkitError as err:
+            raise ApiError(422, str(err)) from None
+        return JSONResponse(payload, headers=_SECURITY_HEADERS)
+
     async def explain(request: Request) -> Response:
         data, fields = await _read_form(request, state)
         check_image(data, state.max_pixels)
         if "layer" not in fields:
             raise ApiError(400, "missing form field 'layer' (a layer name from /api/model)")
         where = [_int_field(fields, k) for k in ("channel", "row", "col")]
-        trace = await _run(state, _traced, state, data)
-        try:
-            payload = inspect.explain(trace.records, fields["layer"], *where)
-        except CnnkitError as err:
-            raise ApiError(422, str(err)) from None
-        return JSONResponse(payload, headers=_SECURITY_HEADERS)
+        return await _run(state, answer, data, fields["layer"], where)
 
     return explain
 
