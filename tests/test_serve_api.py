@@ -294,6 +294,8 @@ def test_bad_uploads_are_json_4xx_never_500(model_file):
         _assert_json_error(call(app, "POST", url, **upload(b"")), 400)
         _assert_json_error(call(app, "POST", url, files={"image": ("a.png", good, "image/png")}), 400)
         _assert_json_error(call(app, "POST", url), 415)  # no body at all
+        empty = {"content-type": "multipart/form-data; boundary=x"}
+        _assert_json_error(call(app, "POST", url, content=b"", headers=empty), 400)  # an empty multipart body
         _assert_json_error(call(app, "POST", url, content=good, headers={"content-type": "image/png"}), 415)
         _assert_json_error(call(app, "GET", url), 405)
         _assert_json_error(call(app, "PUT", url, **upload(good)), 405)
