@@ -1,4 +1,4 @@
-"""``cnnkit serve``: a local page showing a learner's own model thinking, layer by layer (floor 9, by cli/).
+"""``cnnkit serve``: a local page showing a learner's own model thinking, layer by layer (below cli/).
 
 The page (plain HTML, CSS and JavaScript shipped in ``static/``, no CDN: it works offline) uploads an
 image, picks a data-set sample or takes a drawing, and shows the prediction, every layer's shape and
