@@ -452,3 +452,23 @@ def test_an_unexpected_failure_is_a_json_500_without_traceback(model_file, monke
     r = asyncio.run(go())
     _assert_json_error(r, 500)
     assert "secret detail" not in r.text and "RuntimeError" in r.text
+
+
+def test_tracer_shows_the_layers_inside_a_fused_layer(model_file):
+    from cnnkit import load_model
+    from cnnkit.layers.fused import FusedLayer
+
+    model = load_model(model_file)
+    model.eval()
+    assert isinstance(model.children()["0"], FusedLayer)  # Conv2D, ReLU, MaxPool2D run as one layer
+    x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    records = serve_inspect.Tracer(model).trace(x)
+    names = [r.name for r in records]
+    assert names == [str(i) for i in range(12)]  # the declared layers, once each, as explain network lists
+    by_name = {r.name: r for r in records}
+    assert [by_name[k].kind for k in "012"] == ["Conv2D", "ReLU", "MaxPool2D"]
+    np.testing.assert_array_equal(by_name["1"].output, np.maximum(by_name["0"].output, 0))
+    assert by_name["1"].source == "0" and by_name["2"].source == "1" and by_name["3"].source == "2"
+    # the fused pass and the layer-by-layer pass agree (float rounding only)
+    np.testing.assert_allclose(by_name["2"].output, model.children()["0"].forward(x, False)[0], atol=1e-5)
+    np.testing.assert_allclose(by_name["11"].output, model.forward(x, False)[0], rtol=1e-4, atol=1e-5)

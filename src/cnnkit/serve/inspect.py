@@ -5,8 +5,9 @@ containers generically through :meth:`~cnnkit.layers.base.Layer.children`:
 
 - a container whose children, run one after another, give the container's own output (a ``Sequential``,
   a fused Conv2D + ReLU + MaxPool2D layer) is traced as that chain, so every inner layer's output is
-  shown, the ReLU before a max pooling included (the model itself may run such runs fused; the chain
-  is checked against the container's own output);
+  shown, the ReLU before a max pooling included (the model itself runs such runs fused; the chain is
+  checked against the container's own output). A fused layer is a view: its inner layers keep the
+  names they have in the container (``0``, ``1``, ``2``), as ``cnnkit explain network`` lists them;
 - any other container (a residual block: its shortcut runs beside the main branch) runs its own
   ``forward`` while its children's ``forward`` are intercepted and traced, so their outputs are what
   the block really computed.
@@ -91,22 +92,39 @@ def _record(
     )
 
 
+def _is_view(layer: Layer) -> bool:
+    """A fused layer (:mod:`cnnkit.layers.fused`): a running view of declared layers, whose children keep
+    the keys they have in the container. Its inner layers are shown under those names, itself not at all
+    (its output is its last inner layer's)."""
+    from ..layers.fused import FusedLayer
+
+    return isinstance(layer, FusedLayer)
+
+
 def _trace(
-    layer: Layer, x: np.ndarray, name: str, records: list[Record], source: str | None, top: bool = False
+    layer: Layer,
+    x: np.ndarray,
+    name: str,
+    records: list[Record],
+    source: str | None,
+    top: bool = False,
+    view: bool = False,
 ) -> np.ndarray:
     children = layer.children()
     if not children:
         out = layer.forward(x, False)
         _record(records, name, layer, x, out, source)
         return out
-    prefix = f"{name}." if name and not top else ""
+    # the children's names: "<name>.<key>", or "<key>" at the top, or the container's own prefix for a view
+    prefix = name if view else (f"{name}." if name and not top else "")
     reference = layer.forward(x, False)  # the container's own answer (possibly fused)
     chain: list[Record] = []
     try:
         y, prev = x, source
         for key, child in children.items():
-            y = _trace(child, y, prefix + key, chain, prev)
-            prev = prefix + key
+            inner = _is_view(child)
+            y = _trace(child, y, prefix if inner else prefix + key, chain, prev, view=inner)
+            prev = chain[-1].name
         chained = _close(y, reference)
     except (CnnkitError, ValueError):  # the children are not a chain (a shortcut, a branch)
         chained = False
@@ -114,7 +132,7 @@ def _trace(
         records.extend(chain)
     else:
         records.extend(_trace_intercepted(layer, x, prefix, children))
-    if not top:
+    if not top and not view:
         _record(records, name, layer, x, reference, source)
     return reference
 
@@ -124,10 +142,12 @@ def _trace_intercepted(layer: Layer, x: np.ndarray, prefix: str, children: dict[
     inner: list[Record] = []
 
     def traced(key: str, child: Layer) -> Any:
+        view = _is_view(child)
+
         def forward(xc: np.ndarray, training: bool) -> np.ndarray:
             del child.forward  # the real method again while the child runs (and for its own children)
             try:
-                return _trace(child, xc, prefix + key, inner, None)
+                return _trace(child, xc, prefix if view else prefix + key, inner, None, view=view)
             finally:
                 child.forward = forward  # type: ignore[method-assign]
 
