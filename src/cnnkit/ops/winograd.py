@@ -66,6 +66,9 @@ MIN_CHANNELS = 16
 CHANNELS_PER_TILE = 4
 #: Fewest input elements (N*C*H*W): smaller convolutions stay on the NumPy path (see the docstring).
 MIN_ELEMENTS = 1 << 16
+#: Float32 convolutions multiply the transformed tiles in float64 (see "Accuracy" in the module docstring
+#: and :func:`product_dtype`); False multiplies them in float32 (faster, ~3x the error).
+MIXED_PRECISION = True
 #: Whole images per chunk so that a chunk's transformed input and products take about this many bytes
 #: (1 to 8 MB measured: 4 MB fastest, the chunk stays in the 32 MB L3 cache).
 _CHUNK_BYTES = 1 << 22
@@ -118,6 +121,14 @@ def applies(
     )
 
 
+def product_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of the transformed tiles ``V``, the products ``M = V @ U`` and the weight gradient's
+    sums ``dU`` for a convolution in ``dtype``: float64 for float32 when :data:`MIXED_PRECISION` (the
+    transforms still run in float32; only the 36 GEMMs and their results are float64), else ``dtype``."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float64) if MIXED_PRECISION and dtype == np.float32 else dtype
+
+
 def padding(pad: tuple[int, int, int, int], out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """``pad`` (top, bottom, left, right) grown at the bottom and right so the padded input covers
     whole 6x6 tiles: ``4 * ceil(OH / 4) + 2`` rows (the extra rows are zeros and reach no output)."""
@@ -156,9 +167,10 @@ def _transformed_chunks(xp: np.ndarray, f: int, out_hw: tuple[int, int]) -> Iter
     oh, ow = out_hw
     th, tw = -(-oh // 4), -(-ow // 4)
     tiles = th * tw
-    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
-    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
-    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
+    dtype = product_dtype(xp.dtype)
+    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * dtype.itemsize)))
+    v_buf = np.empty(images * tiles * 36 * c, dtype=dtype)
+    m_buf = np.empty(images * tiles * 36 * f, dtype=dtype)
     transform_in = winograd_input_kernel()
     for n0 in range(0, n, images):
         nb = min(images, n - n0)
@@ -180,6 +192,7 @@ def winograd_conv(
     f = u.shape[2]
     out = np.empty((xp.shape[0], *out_hw, f), dtype=xp.dtype)
     bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
+    u = u.astype(product_dtype(xp.dtype), copy=False)
     transform_out = winograd_output_kernel()
     for n0, th, tw, v, m in _transformed_chunks(xp, f, out_hw):
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
@@ -199,6 +212,7 @@ def winograd_conv_relu_max_pool(
     pooled = np.empty((xp.shape[0], oh // 2, ow // 2, f), dtype=xp.dtype)
     arg = np.empty(pooled.shape, dtype=np.int8)
     bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
+    u = u.astype(product_dtype(xp.dtype), copy=False)
     transform_out = winograd_output_relu_pool_kernel()
     for n0, th, tw, v, m in _transformed_chunks(xp, f, out_hw):
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
@@ -216,12 +230,12 @@ def winograd_weight_grad(xp: np.ndarray, dy: np.ndarray) -> np.ndarray:
     C-contiguous, as :func:`padding` says) and ``dy`` is C-contiguous. A chunk of images at a time.
     """
     c, (_, oh, ow, f) = xp.shape[3], dy.shape
-    du = np.zeros((36, c, f), dtype=xp.dtype)
+    du = np.zeros((36, c, f), dtype=product_dtype(xp.dtype))
     part = np.empty_like(du)
     transform_grad = winograd_output_grad_kernel()
     for n0, th, tw, v, dm in _transformed_chunks(xp, f, (oh, ow)):
         transform_grad(dy, dm, n0, th, tw)
         np.matmul(v.transpose(1, 2, 0), dm.transpose(1, 0, 2), out=part)
         du += part
-    taps = _GG.T.astype(xp.dtype) @ du.reshape(36, c * f)  # [(i, j), c, f]
+    taps = (_GG.T.astype(du.dtype) @ du.reshape(36, c * f)).astype(xp.dtype, copy=False)  # [(i, j), c, f]
     return np.ascontiguousarray(taps.reshape(3, 3, c, f).transpose(3, 2, 0, 1))
