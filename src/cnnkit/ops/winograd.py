@@ -21,12 +21,23 @@ weight gradient is the adjoint of the same algorithm with respect to ``g`` (note
 through each step): ``dg = G^T [ sum_tiles (B^T d B) * (A dY A^T) ] G``, 36 GEMMs whose inner size is
 the number of tiles (:func:`winograd_weight_grad`).
 
-Accuracy: exact in exact arithmetic; in floating point the transforms add and subtract values up
-to ~10x the inputs, so float32 results differ from the direct sum by a few units in the 6th
-significant digit of the largest output (measured: 4e-4 on outputs up to 80 with ``C = 32``, against
-7e-5 for im2col; float64: 1e-12). The tests hold float32 to ``2e-5 * max|output|`` against the loop
-reference and PyTorch. A non-finite input makes its whole 4x4 output tile non-finite
-(``inf - inf``), not only the outputs whose windows hold it.
+Accuracy: exact in exact arithmetic. In floating point the transforms grow the values: ``V`` and
+``U`` hold sums up to ~10x the inputs and the weights, so each product ``M`` is a sum over channels
+of terms much larger than the output it contributes to, and ``A^T M A`` (entries up to 8) cancels them
+again. With float32 products the GEMMs' rounding error, relative to those large terms, dominates:
+norm-wise relative errors against float64 of 1.4e-6 forward, 1.7e-6 for ``dx`` and 2.3e-6 for ``dw``,
+against im2col's 2.0e-7, 1.5e-7 and 2.2e-7 and PyTorch's 3.1e-7, 2.1e-7 and 1.6e-6 (64x64x16x16
+inputs after a ReLU, 64 filters; 2026-12-07, AMD EPYC machine). A NumPy model of the algorithm puts
+2.2e-7 of it on rounding ``U``, 2.4e-7 on rounding ``V`` and the rest on the float32 sums; other
+interpolation points (0, +-1, 1/2, -2) only gain 1.5x, float64 transforms around float32 GEMMs 1.1x,
+and scaling tiles nothing (floating-point error is scale-free). So for float32 inputs the
+transforms run in float32 but the 36 GEMMs multiply and sum in float64 (:data:`MIXED_PRECISION`,
+:func:`product_dtype`): 3.7e-7 forward, 4.5e-7 ``dx``, 6.9e-8 ``dw`` (the weight gradient's sums over
+thousands of tiles gain most), the output rounded to float32 once. The price is the GEMMs' speed
+(float64 runs at half float32's vector width); see benchmarks/README.md. float64 inputs: 1e-12.
+The tests hold float32 to ``2e-5 * max|output|`` against the loop reference and PyTorch, and the
+norm-wise errors to 4x im2col's (tests/test_float32_accuracy.py). A non-finite input makes its whole
+4x4 output tile non-finite (``inf - inf``), not only the outputs whose windows hold it.
 
 Speed (measured on the project machine, simple_cnn's second layer, 64x32x16x16 -> 64 filters, against
 the im2col path in the same process): forward 6.9 -> 3.7 ms; backward (``dx`` and ``dw``) 18.9 -> 11.4
