@@ -44,7 +44,8 @@ def _layer_errors(x, w, dy, monkeypatch, *, winograd_on: bool) -> tuple[list[flo
 def test_winograd_float32_error_is_close_to_im2col(n, c, f, size, monkeypatch):
     """F(4x4, 3x3)'s transforms grow the values ~10x before the 36 GEMMs, so float32 products cost
     ~8x im2col's error (measured 1.4e-6 against 2e-7 forward, 1.7e-6 against 1.5e-7 for dx, 2.3e-6
-    against 2.2e-7 for dw); with the products in float64 (MIXED_PRECISION) they stay within 4x."""
+    against 2.2e-7 for dw); with everything between input and output in float64 (MIXED_PRECISION) the
+    result is rounded once and beats im2col's float32 sums (4.6e-8, 8.4e-8, 6.9e-8)."""
     rng = np.random.default_rng(7)
     x = _channels_last(np.maximum(rng.standard_normal((n, c, size, size)), 0).astype(np.float32))
     w = (rng.uniform(-1, 1, (f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
@@ -55,7 +56,7 @@ def test_winograd_float32_error_is_close_to_im2col(n, c, f, size, monkeypatch):
     direct, used = _layer_errors(x, w, dy, monkeypatch, winograd_on=False)
     assert not used
     for name, e_fast, e_direct in zip(("forward", "dx", "dw"), fast, direct, strict=True):
-        assert e_fast <= 4 * e_direct, f"{name}: Winograd {e_fast:.2e} against im2col {e_direct:.2e}"
+        assert e_fast <= e_direct, f"{name}: Winograd {e_fast:.2e} against im2col {e_direct:.2e}"
 
 
 def test_float32_products_are_less_accurate(monkeypatch):
@@ -70,7 +71,7 @@ def test_float32_products_are_less_accurate(monkeypatch):
     assert used
     monkeypatch.setattr(winograd, "MIXED_PRECISION", True)
     mixed, _ = _layer_errors(x, w, dy, monkeypatch, winograd_on=True)
-    assert single[0] > 2 * mixed[0] and single[2] > 2 * mixed[2]
+    assert all(a > 4 * b for a, b in zip(single, mixed, strict=True)), (single, mixed)
 
 
 def test_products_dtype():

@@ -30,13 +30,17 @@ against im2col's 2.0e-7, 1.5e-7 and 2.2e-7 and PyTorch's 3.1e-7, 2.1e-7 and 1.6e
 inputs after a ReLU, 64 filters; 2026-12-07, AMD EPYC machine). A NumPy model of the algorithm puts
 2.2e-7 of it on rounding ``U``, 2.4e-7 on rounding ``V`` and the rest on the float32 sums; other
 interpolation points (0, +-1, 1/2, -2) only gain 1.5x, float64 transforms around float32 GEMMs 1.1x,
-and scaling tiles nothing (floating-point error is scale-free). So for float32 inputs the
-transforms run in float32 but the 36 GEMMs multiply and sum in float64 (:data:`MIXED_PRECISION`,
-:func:`product_dtype`): 3.7e-7 forward, 4.5e-7 ``dx``, 6.9e-8 ``dw`` (the weight gradient's sums over
-thousands of tiles gain most), the output rounded to float32 once. The price is the GEMMs' speed
-(float64 runs at half float32's vector width); see benchmarks/README.md. float64 inputs: 1e-12.
+and scaling tiles nothing (floating-point error is scale-free). So for float32 inputs everything
+between the float32 input and the float32 output runs in float64 (:data:`MIXED_PRECISION`,
+:func:`product_dtype`): ``U`` from the float32 weights, the input transform (sums of small multiples
+of float32 numbers: exact in float64), the 36 GEMMs and the output transform's first stage; the result
+is rounded to float32 once. Measured on the same layer: 4.6e-8 forward, 8.4e-8 ``dx``, 6.9e-8 ``dw``,
+better than im2col's float32 sums over ``9C`` terms (products in float64 with float32 transforms gave
+3.7e-7, 4.5e-7, 6.9e-8). The price is the GEMMs' speed (float64 runs at half float32's vector width)
+and twice the memory of ``U`` and of the chunk buffers; see benchmarks/README.md. float64 inputs:
+1e-12.
 The tests hold float32 to ``2e-5 * max|output|`` against the loop reference and PyTorch, and the
-norm-wise errors to 4x im2col's (tests/test_float32_accuracy.py). A non-finite input makes its whole
+norm-wise errors to im2col's or better (tests/test_float32_accuracy.py). A non-finite input makes its whole
 4x4 output tile non-finite (``inf - inf``), not only the outputs whose windows hold it.
 
 Speed (measured on the project machine, simple_cnn's second layer, 64x32x16x16 -> 64 filters, against
@@ -150,11 +154,13 @@ def padding(pad: tuple[int, int, int, int], out_hw: tuple[int, int]) -> tuple[in
 
 def transform_weights(w: np.ndarray) -> np.ndarray:
     """``U = G w G^T`` for every (filter, channel) pair of ``w`` (F, C, 3, 3): ``(36, C, F)``, in
-    ``w``'s dtype, as one ``(36, 9) @ (9, C*F)`` product (``U`` is 4x the size of ``w``: 38 MB for a
-    512 -> 512 layer in float32, so no float64 temporary)."""
+    :func:`product_dtype` of ``w``'s dtype (float64 for float32 weights with :data:`MIXED_PRECISION`,
+    so ``U`` is not rounded to float32 either), as one ``(36, 9) @ (9, C*F)`` product. ``U`` is 4x the
+    size of ``w`` (8x in float64: 75 MB for a 512 -> 512 layer), so no other temporary of its size."""
     f, c = w.shape[:2]
-    taps = np.ascontiguousarray(w.reshape(f, c, 9).transpose(2, 1, 0))  # [(i, j), c, f]
-    return (_GG.astype(w.dtype) @ taps.reshape(9, c * f)).reshape(36, c, f)
+    dtype = product_dtype(w.dtype)
+    taps = np.ascontiguousarray(w.reshape(f, c, 9).transpose(2, 1, 0), dtype=dtype)  # [(i, j), c, f]
+    return (_GG.astype(dtype) @ taps.reshape(9, c * f)).reshape(36, c, f)
 
 
 def input_grad_weights(w_taps: np.ndarray) -> np.ndarray:
