@@ -22,9 +22,11 @@ them (so library import size, model weights and one-off start-up costs are not c
 timed before and after the run: if it fell below ``STARVED_GFLOPS`` the host starved a CPU and the run
 is flagged. The header and the JSON (``machine``) name the CPU model and its vector extensions
 (AVX2, AVX-512 with its subsets, AVX-VNNI, AMX), every BLAS with the kernel that ran (threadpoolctl's
-``internal_api``, ``version``, ``architecture``) and the thread counts (``machine.py``), with OpenBLAS's idle spin, which
-``import cnnkit`` shortens (``OPENBLAS_THREAD_TIMEOUT``, :mod:`cnnkit._blas_spin`), as in any program
-that uses cnnkit; PyTorch's MKL and OpenMP threads do not read it.
+``internal_api``, ``version``, ``architecture``) and the thread counts (``machine.py``), with OpenBLAS's
+idle spin, which :func:`cnnkit.runtime.tune` shortens (``OPENBLAS_THREAD_TIMEOUT``), called here where
+the ``cnnkit`` command calls it, before any timing, so cnnkit runs tuned exactly as the command runs it
+(the spin and glibc's malloc thresholds, process-wide, so PyTorch gets the same allocator settings);
+PyTorch's MKL and OpenMP threads do not read the spin.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-import cnnkit  # noqa: F401  (now, before any timing: it shortens OpenBLAS's idle spin, cnnkit._blas_spin)
+import cnnkit
+import cnnkit.runtime
+
+cnnkit.runtime.tune()  # as the `cnnkit` command does, before any timing (see the docstring)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -184,10 +189,7 @@ def memory_child(lib: str, name: str, batch: int) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     model, x, y, twin, twin_cl = build(name, batch)
     if lib == "cnnkit":
-        from cnnkit.utils.memory import keep_freed_memory
-
-        keep_freed_memory()  # what cnnkit's fit does
-        train, _ = cnnkit_steps(model, x, y)
+        train, _ = cnnkit_steps(model, x, y)  # tuned at import of this script, as the command runs
     else:
         del model
         train, _ = torch_steps(twin_cl if lib == "torch_cl" else twin, x, y, lib == "torch_cl")
@@ -233,12 +235,10 @@ def main() -> int:
     from threadpoolctl import threadpool_info
 
     from cnnkit.bench import blas_info
-    from cnnkit.utils.memory import keep_freed_memory
     from machine import describe, header_lines
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
-    keep_freed_memory()  # process-wide, so PyTorch gets the same allocator settings (PERF-NOTES)
     facts = describe(torch)  # CPU model and vector extensions, BLAS kernels, threads (see machine.py)
     print("\n".join(header_lines(facts)), flush=True)
     blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
