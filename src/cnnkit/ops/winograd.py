@@ -43,8 +43,9 @@ The tests hold float32 to ``2e-5 * max|output|`` against the loop reference and 
 norm-wise errors to im2col's or better (tests/test_float32_accuracy.py). A non-finite input makes its whole
 4x4 output tile non-finite (``inf - inf``), not only the outputs whose windows hold it.
 
-Speed (measured on the project machine, simple_cnn's second layer, 64x32x16x16 -> 64 filters, against
-the im2col path in the same process): forward 6.9 -> 3.7 ms; backward (``dx`` and ``dw``) 18.9 -> 11.4
+Speed (measured on the AMD EPYC machine on 2026-11-25 with float32 products, before
+:data:`MIXED_PRECISION`; simple_cnn's second layer, 64x32x16x16 -> 64 filters, against the im2col path
+in the same process): forward 6.9 -> 3.7 ms; backward (``dx`` and ``dw``) 18.9 -> 11.4
 ms. The weight gradient's 36 GEMMs are small (``C x tiles @ tiles x F``) and run at only ~50-60
 GFLOP/s here, so it gains least (im2col's ~7.5 -> ~5 ms). It needs the compiled transforms: without
 Numba, for small inputs (one image in ``cnnkit predict``, which then never imports Numba) and for few
