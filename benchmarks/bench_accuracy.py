@@ -113,29 +113,35 @@ def relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
     return float(diff / norm) if norm > 0 else float("inf")
 
 
-def normalised_batch(name: str, input_shape: tuple[int, ...], batch: int, seed: int, data: str):
-    """``(x, y)``: a float32 batch of real images standardised per channel, and labels."""
+def normalised_batch(
+    name: str, input_shape: tuple[int, ...], batch: int, seed: int, data: str, num_classes: int = 10
+):
+    """``(x, y)``: a float32 batch of real images standardised per channel, and labels below
+    ``num_classes`` (the shapes generator draws that many of its classes)."""
     rng = np.random.default_rng(seed)
     c, h, w = input_shape
     if data == "random":
-        return rng.standard_normal((batch, c, h, w)).astype(np.float32), rng.integers(0, 10, batch)
+        return rng.standard_normal((batch, c, h, w)).astype(np.float32), rng.integers(0, num_classes, batch)
     from cnnkit.data.transforms import Normalize
 
     if c == 1:
         from cnnkit.data.datasets import fashion_mnist
 
         images = fashion_mnist(subset=True)
-        if (h, w) != images.x_train.shape[2:]:
-            raise SystemExit(f"bench_accuracy: {name} wants {h}x{w} inputs, Fashion-MNIST is 28x28")
+        if (h, w) != images.x_train.shape[2:] or num_classes != 10:
+            raise SystemExit(
+                f"bench_accuracy: {name} wants {h}x{w}, {num_classes} classes; Fashion-MNIST: 28x28, 10"
+            )
         norm = Normalize("standardize").fit(images.x_train[:512])
         pick = rng.choice(len(images.y_train), size=batch, replace=False)
         return norm(images.x_train[pick]), images.y_train[pick]
-    from cnnkit.data.shapes import shapes
+    from cnnkit.data.shapes import DEFAULT_CLASSES, shapes
 
     if c != 3:
         raise SystemExit(f"bench_accuracy: no real data set with {c} channels for {name}")
-    norm = Normalize("standardize").fit(shapes(512, (h, w), seed=12345).x)
-    images = shapes(batch, (h, w), seed=seed)
+    classes = DEFAULT_CLASSES[:num_classes]
+    norm = Normalize("standardize").fit(shapes(512, (h, w), classes, seed=12345).x)
+    images = shapes(batch, (h, w), classes, seed=seed)
     return norm(images.x), images.y
 
 
@@ -237,7 +243,7 @@ def run_model(name: str, batch: int, batches: int, data: str, check_f64: bool) -
     per_batch = []
     start = time.perf_counter()
     for i in range(batches):
-        x, y = normalised_batch(name, model.input_shape, batch, seed=100 + i, data=data)
+        x, y = normalised_batch(name, model.input_shape, batch, 100 + i, data, int(model.output_shape[-1]))
         per_batch.append(measure_errors(model, x, y, check_f64))
     med = statistics.median
     ck = [e.median_cnnkit for e in per_batch]
@@ -290,6 +296,10 @@ def ratio(row: dict) -> tuple[float, str]:
     return row["grad_cnnkit_all"] / row["grad_torch_all"], "all"
 
 
+def _e(value: float) -> str:
+    return f"{value:.1e}" if value == value else "flipped"
+
+
 def ratio_text(row: dict) -> str:
     value, kind = ratio(row)
     return f"{value:.1f}" if kind == "flip-free" else f"{value:.1f} (all)"
@@ -304,7 +314,7 @@ def markdown_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['data']} | {r['grad_cnnkit']:.1e} / {r['grad_torch']:.1e} | "
+            f"| {r['model']} | {r['batch']} | {r['data']} | {_e(r['grad_cnnkit'])} / {_e(r['grad_torch'])} | "
             f"{ratio_text(r)} | {r['flipped_cnnkit']} / {r['flipped_torch']} of {r['batches']} | "
             f"{r['grad_cnnkit_all']:.1e} / {r['grad_torch_all']:.1e} | "
             f"{r['logits_cnnkit']:.1e} / {r['logits_torch']:.1e} | {', '.join(map(str, r['torch_flips']))} | "
