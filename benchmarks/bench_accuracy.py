@@ -302,7 +302,7 @@ def _e(value: float) -> str:
 
 def ratio_text(row: dict) -> str:
     value, kind = ratio(row)
-    return f"{value:.1f}" if kind == "flip-free" else f"{value:.1f} (all)"
+    return f"{value:.2f}" if kind == "flip-free" else f"{value:.2f} (all)"
 
 
 def markdown_table(rows: list[dict]) -> str:
