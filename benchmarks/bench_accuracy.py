@@ -338,10 +338,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=HERE / "results" / f"accuracy-{date.today()}.json")
     args = parser.parse_args()
 
+    import cnnkit.ops.policy as policy
     import cnnkit.ops.winograd as winograd
 
     if args.no_winograd:
-        winograd.MIN_CHANNELS = 1 << 30
+        policy.WINOGRAD_MIN_CHANNELS = 1 << 30
     if args.winograd_float32:
         winograd.MIXED_PRECISION = False
     names = args.models or SMALL_MODELS + (IMAGENET_MODELS if args.imagenet else [])

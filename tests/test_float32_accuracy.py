@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cnnkit.ops.policy as policy
 import cnnkit.ops.winograd as winograd
 from cnnkit.ops import conv2d_backward, conv2d_forward
 
@@ -31,13 +32,13 @@ def _channels_last(a: np.ndarray) -> np.ndarray:
 
 def _layer_errors(x, w, dy, monkeypatch, *, winograd_on: bool) -> tuple[list[float], bool]:
     """Norm-wise errors of (out, dx, dw) in float32 against the same convolution in float64."""
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 16 if winograd_on else 1 << 30)
+    monkeypatch.setattr(policy, "WINOGRAD_MIN_CHANNELS", 16 if winograd_on else 1 << 30)
     out, cache = conv2d_forward(x, w, None, padding=1)
     dx, dw, _ = conv2d_backward(dy, cache)
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1 << 30)  # the reference: float64 im2col
+    monkeypatch.setattr(policy, "WINOGRAD_MIN_CHANNELS", 1 << 30)  # the reference: float64 im2col
     out64, cache64 = conv2d_forward(x.astype(np.float64), w.astype(np.float64), None, padding=1)
     dx64, dw64, _ = conv2d_backward(dy.astype(np.float64), cache64)
-    return [_rel(out, out64), _rel(dx, dx64), _rel(dw, dw64)], cache.winograd
+    return [_rel(out, out64), _rel(dx, dx64), _rel(dw, dw64)], cache.path == "winograd"
 
 
 @pytest.mark.parametrize(("n", "c", "f", "size"), [(8, 32, 32, 16), (8, 64, 128, 8)])
@@ -50,7 +51,7 @@ def test_winograd_float32_error_is_close_to_im2col(n, c, f, size, monkeypatch):
     x = _channels_last(np.maximum(rng.standard_normal((n, c, size, size)), 0).astype(np.float32))
     w = (rng.uniform(-1, 1, (f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
     dy = _channels_last(rng.standard_normal((n, f, size, size)).astype(np.float32))
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     fast, used = _layer_errors(x, w, dy, monkeypatch, winograd_on=True)
     assert used, "the convolution did not take the Winograd path"
     direct, used = _layer_errors(x, w, dy, monkeypatch, winograd_on=False)

@@ -58,7 +58,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._jit import numba_available
+from . import policy
 from ._winograd_kernels import (
     winograd_input_kernel,
     winograd_output_grad_kernel,
@@ -76,14 +76,8 @@ __all__ = [
     "winograd_weight_grad",
 ]
 
-#: Fewest input channels and filters: the 36 GEMMs have inner size C (and dx's, F).
-MIN_CHANNELS = 16
-#: Most channels (input or filters, the larger) per 4x4 output tile of the batch (see :func:`applies`).
-CHANNELS_PER_TILE = 4
-#: Fewest input elements (N*C*H*W): smaller convolutions stay on the NumPy path (see the docstring).
-MIN_ELEMENTS = 1 << 16
-#: Float32 convolutions multiply the transformed tiles in float64 (see "Accuracy" in the module docstring
-#: and :func:`product_dtype`); False multiplies them in float32 (faster, ~3x the error).
+#: Float32 convolutions run everything between the float32 input and output in float64 (see "Accuracy"
+#: in the module docstring and :func:`product_dtype`); False runs them in float32 (~8x im2col's error).
 MIXED_PRECISION = True
 #: Whole images per chunk so that a chunk's transformed input and products take about this many bytes
 #: (1 to 8 MB measured: 4 MB fastest, the chunk stays in the 32 MB L3 cache).
@@ -115,8 +109,9 @@ def applies(
 ) -> bool:
     """Whether a convolution of ``x_shape`` (N, C, H, W) with ``filters`` filters takes this path.
 
-    Besides the geometry (3x3, stride 1, no dilation, one group) and ``MIN_CHANNELS``: at least one
-    4x4 output tile per ``CHANNELS_PER_TILE`` channels (``4 * tiles >= max(C, F)``, tiles over the whole
+    Besides the geometry (3x3, stride 1, no dilation, one group) and ``WINOGRAD_MIN_CHANNELS``
+    (thresholds: :mod:`cnnkit.ops.policy`): at least one 4x4 output tile per
+    ``WINOGRAD_CHANNELS_PER_TILE`` channels (``4 * tiles >= max(C, F)``, tiles over the whole
     batch). Below that
     the transformed weights (``36 * C * F`` numbers, transformed again for each gradient) and the thin
     GEMMs cost more than the multiplications saved: measured in one process, ResNet's last stage at
@@ -130,17 +125,17 @@ def applies(
         and stride == (1, 1)
         and dilation == (1, 1)
         and groups == 1
-        and min(c, filters) >= MIN_CHANNELS
-        and CHANNELS_PER_TILE * tiles >= max(c, filters)
-        and n * c * h * w >= MIN_ELEMENTS
-        and numba_available()
+        and min(c, filters) >= policy.WINOGRAD_MIN_CHANNELS
+        and policy.WINOGRAD_CHANNELS_PER_TILE * tiles >= max(c, filters)
+        and policy.compiled(n * c * h * w)
     )
 
 
 def product_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype of the transformed tiles ``V``, the products ``M = V @ U`` and the weight gradient's
-    sums ``dU`` for a convolution in ``dtype``: float64 for float32 when :data:`MIXED_PRECISION` (the
-    transforms still run in float32; only the 36 GEMMs and their results are float64), else ``dtype``."""
+    """The dtype of the transformed weights ``U`` and tiles ``V``, the products ``M = V @ U`` and the
+    weight gradient's sums ``dU`` for a convolution in ``dtype``: float64 for float32 when
+    :data:`MIXED_PRECISION` (the compiled transforms then compute in float64 too: they work in the dtype
+    of the buffer they write), else ``dtype``."""
     dtype = np.dtype(dtype)
     return np.dtype(np.float64) if MIXED_PRECISION and dtype == np.float32 else dtype
 
