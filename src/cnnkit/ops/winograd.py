@@ -30,17 +30,18 @@ against im2col's 2.0e-7, 1.5e-7 and 2.2e-7 and PyTorch's 3.1e-7, 2.1e-7 and 1.6e
 inputs after a ReLU, 64 filters; 2026-12-07, AMD EPYC machine). A NumPy model of the algorithm puts
 2.2e-7 of it on rounding ``U``, 2.4e-7 on rounding ``V`` and the rest on the float32 sums; other
 interpolation points (0, +-1, 1/2, -2) only gain 1.5x, float64 transforms around float32 GEMMs 1.1x,
-and scaling tiles nothing (floating-point error is scale-free). So for float32 inputs everything
-between the float32 input and the float32 output runs in float64 (:data:`MIXED_PRECISION`,
-:func:`product_dtype`): ``U`` from the float32 weights, the input transform (sums of small multiples
+and scaling tiles nothing (floating-point error is scale-free). With :data:`MIXED_PRECISION` on (off by
+default, for speed) everything between the float32 input and the float32 output runs in float64
+(:func:`product_dtype`): ``U`` from the float32 weights, the input transform (sums of small multiples
 of float32 numbers: exact in float64), the 36 GEMMs and the output transform's first stage; the result
 is rounded to float32 once. Measured on the same layer: 4.6e-8 forward, 8.4e-8 ``dx``, 6.9e-8 ``dw``,
 better than im2col's float32 sums over ``9C`` terms (products in float64 with float32 transforms gave
 3.7e-7, 4.5e-7, 6.9e-8). The price is the GEMMs' speed (float64 runs at half float32's vector width)
 and twice the memory of ``U`` and of the chunk buffers; see benchmarks/README.md. float64 inputs:
 1e-12.
-The tests hold float32 to ``2e-5 * max|output|`` against the loop reference and PyTorch, and the
-norm-wise errors to im2col's or better (tests/test_float32_accuracy.py). A non-finite input makes its whole
+The tests hold float32 to ``2e-5 * max|output|`` against the loop reference and PyTorch, whole models'
+float32 gradients to within 10x of PyTorch's error, and, with :data:`MIXED_PRECISION` on, the norm-wise
+errors to im2col's or better (tests/test_float32_accuracy.py). A non-finite input makes its whole
 4x4 output tile non-finite (``inf - inf``), not only the outputs whose windows hold it.
 
 Speed (measured on the AMD EPYC machine on 2026-11-25 with float32 products, before
@@ -76,9 +77,13 @@ __all__ = [
     "winograd_weight_grad",
 ]
 
-#: Float32 convolutions run everything between the float32 input and output in float64 (see "Accuracy"
-#: in the module docstring and :func:`product_dtype`); False runs them in float32 (~8x im2col's error).
-MIXED_PRECISION = True
+#: True: float32 convolutions run everything between the float32 input and output in float64 (see
+#: "Accuracy" in the module docstring and :func:`product_dtype`): errors below im2col's, at 1.4-2.3x the
+#: CPU time of these convolutions (measured one-threaded on the AMD EPYC machine, 2026-12-07). Off by
+#: default: with float32 products every zoo model measured stays within 1.2-4.2x of PyTorch's float32
+#: gradient error (the bound is 10x; benchmarks/README.md, "Float32 accuracy"). Set it before the first
+#: convolution runs.
+MIXED_PRECISION = False
 #: Whole images per chunk so that a chunk's transformed input and products take about this many bytes
 #: (1 to 8 MB measured: 4 MB fastest, the chunk stays in the 32 MB L3 cache).
 _CHUNK_BYTES = 1 << 22
