@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,9 @@ class _BatchNorm:
             raise ConfigError(f"{self.name}: eps must be a number in (0, 1], got {eps!r}")
         self.momentum = float(momentum)
         self.eps = float(eps)
+        #: Sum over processes (SyncBatchNorm semantics, see :mod:`cnnkit.ops.norm`); set by distributed
+        #: training for its duration, None otherwise. Not part of the config.
+        self.sync: Callable[[np.ndarray], np.ndarray] | None = None
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != self._per_sample_ndim:
@@ -75,6 +79,7 @@ class _BatchNorm:
                 training,
                 self.momentum,
                 self.eps,
+                allreduce=self.sync,
             )
         except ShapeError as err:
             raise ShapeError(f"{self.name}: {err}") from None
