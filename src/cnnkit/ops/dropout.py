@@ -55,9 +55,7 @@ def _check_key(key: Any) -> np.ndarray:
     return np.array([int(k) for k in key], dtype=np.uint64)
 
 
-def keyed_uniform(
-    shape: tuple[int, ...], dtype: Any, key: Any, step: int, offset: int = 0
-) -> np.ndarray:
+def keyed_uniform(shape: tuple[int, ...], dtype: Any, key: Any, step: int, offset: int = 0) -> np.ndarray:
     """Uniform ``[0, 1)`` draws of ``shape`` (``shape[0]`` samples) keyed by ``(key, step, offset + i)``.
 
     Row ``i`` is the same whatever the batch it is drawn in: ``keyed_uniform((n, ...), dt, k, s, o)[i]``

@@ -586,15 +586,7 @@ class Trainer:
         train_time = time.perf_counter() - start
         logs = {"loss": self._loss_sum / seen, "accuracy": self._correct / seen}
         if self.val_source is not None:
-            val = _measure(
-                self.model,
-                self.head,
-                self.val_source,
-                self.classes,
-                op="fit",
-                where="validation_data",
-                interrupted=lambda: self._sigint,
-            )
+            val = self._validate()
             logs["val_loss"], logs["val_accuracy"] = val["loss"], val["accuracy"]
         logs["lr"] = lr
         logs["time"] = time.perf_counter() - start
@@ -604,6 +596,18 @@ class Trainer:
         progress.close(logs)
         self.callbacks.call("on_epoch_end", epoch, logs)
         return logs
+
+    def _validate(self) -> dict[str, float]:
+        """Mean loss and accuracy on the validation data (distributed training overrides it)."""
+        return _measure(
+            self.model,
+            self.head,
+            self.val_source,
+            self.classes,
+            op="fit",
+            where="validation_data",
+            interrupted=lambda: self._sigint,
+        )
 
     def _last_good(self) -> str:
         if self._good_step is None:
@@ -748,6 +752,7 @@ def fit(
     checkpoint_path: str | None = None,
     clip_norm: float | None = None,
     class_names: Sequence[str] | None = None,
+    distributed: str | bool | None = None,
 ) -> History:
     """Train ``model`` to classify ``x`` as ``y`` with softmax cross-entropy; returns a :class:`History`.
 
@@ -780,6 +785,11 @@ def fit(
         Clip the global L2 norm of the gradients to this value before each update.
     class_names:
         Label names (one per output), stored in ``model.class_names`` and saved with the model.
+    distributed:
+        ``"mpi"``: train on every process of the MPI job (:mod:`cnnkit.training.distributed`;
+        ``batch_size`` is the global batch, split among them). ``None`` (default): ``"mpi"`` when the
+        process was started by ``mpiexec`` with more than one process, else one process. ``False``:
+        one process, even under ``mpiexec`` (each rank trains on its own).
 
     The metrics per epoch are ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (with validation),
     ``lr``, ``time`` (seconds) and ``images_per_sec``. Every argument and the data are checked before the
@@ -856,7 +866,21 @@ def fit(
         "verbose": verbose,
         "metrics": [*metrics, "lr", "time", "images_per_sec"],
     }
-    trainer = Trainer(
+    comm = _communicator(distributed, op)
+    if comm is not None:
+        global_batch = params["batch_size"]
+        if isinstance(global_batch, int) and global_batch < comm.size:
+            raise ConfigError(
+                f"{op}: the global batch size {global_batch} is smaller than the {comm.size} processes; "
+                f"use a batch of at least {comm.size} (batch_size is split among the processes)"
+            )
+        from .distributed_trainer import DistributedTrainer
+
+        trainer_class: type[Trainer] = DistributedTrainer
+        extra: dict[str, Any] = {"comm": comm}
+    else:
+        trainer_class, extra = Trainer, {}
+    trainer = trainer_class(
         model,
         train,
         val,
@@ -869,11 +893,34 @@ def fit(
         clip_norm=clip_norm,
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
         params=params,
+        **extra,
     )
+    if comm is not None:
+        from .distributed_trainer import run_distributed
+
+        return run_distributed(trainer, comm, resume_from, optimizer_given, train, val)
     if resume_from is not None:
         trainer.resume(str(resume_from), optimizer_given)
     with _no_input_grad(model):
         return trainer.train()
+
+
+def _communicator(distributed: Any, op: str) -> Any:
+    """The MPI communicator to train on, or None for one process (see ``fit``'s ``distributed``)."""
+    from .distributed import launched_world_size
+
+    if distributed is False:
+        return None
+    if distributed is None:
+        launched = launched_world_size()
+        if launched is None or launched == 1:
+            return None
+    elif distributed not in ("mpi", True):
+        raise ConfigError(f"{op}: distributed must be 'mpi', None (automatic) or False, got {distributed!r}")
+    from .distributed import Communicator
+
+    comm = Communicator()
+    return comm if comm.size > 1 else None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,334 @@
+"""The training step on several MPI processes: :class:`DistributedTrainer` (see :mod:`.distributed`)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import CnnkitError, DataError, TrainingError
+from ..ops.losses import cross_entropy_backward, cross_entropy_forward
+from ..optim.clipping import clip_grad_norm, global_grad_norm
+from .distributed import (
+    Communicator,
+    GradientReducer,
+    attach_sync,
+    broadcast_buffers,
+    broadcast_model,
+    check_same_everywhere,
+    fingerprint,
+    model_fingerprint,
+    set_sample_offset,
+    share_of,
+    skip_dropout_step,
+)
+from .fit import Trainer, _ArraySource, _check_batch, _inference_mode, _LoaderSource, _NonFinite, _top_k_hits
+
+__all__ = ["DistributedTrainer", "AllRanksError"]
+
+
+class AllRanksError(TrainingError):
+    """A failure every rank knows of and raises together (no rank is left waiting)."""
+
+
+class _Share:
+    """One step's work on this rank: its images, the batch's labels, and where its share starts."""
+
+    def __init__(self, x: np.ndarray | None, y: np.ndarray, start: int, stop: int) -> None:
+        self.x, self.y, self.start, self.stop = x, y, start, stop
+
+
+class _ShardedSource:
+    """Batches of the global order (as one process would make them), cut to this rank's share.
+
+    Yields ``(x_share, y_batch)``: the rank's images only (``None`` when its share is empty) and the labels
+    of the whole batch (small), so metrics count the whole batch. ``self.start`` is the share's start.
+    """
+
+    def __init__(self, inner: _ArraySource | _LoaderSource, rank: int, size: int) -> None:
+        self.inner, self.rank, self.size = inner, rank, size
+        self.checked = inner.checked
+        self.start = 0
+        self.stop = 0
+
+    @property
+    def num_samples(self) -> int | None:
+        return self.inner.num_samples
+
+    @property
+    def seed(self) -> int:
+        return getattr(self.inner, "seed", 0)
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        if isinstance(self.inner, _ArraySource):
+            self.inner.seed = value
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batches(self, epoch: int) -> Iterator[tuple[Any, np.ndarray]]:
+        inner = self.inner
+        if isinstance(inner, _ArraySource):
+            order = inner.order(epoch)
+            n, bs = inner.num_samples, inner.batch_size
+            for s in range(0, n, bs):
+                e = min(s + bs, n)
+                a, b = share_of(e - s, self.rank, self.size)
+                self.start, self.stop = a, b
+                idx: Any = np.arange(s, e) if order is None else order[s:e]
+                yb = inner.y[idx]
+                xb = inner.x[idx[a:b]] if b > a else None
+                yield xb, yb
+            return
+        loader = inner.loader
+        if hasattr(loader, "batch_indices") and hasattr(loader, "_make_batch"):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            for number, idx in enumerate(loader.batch_indices(epoch)):
+                a, b = share_of(len(idx), self.rank, self.size)
+                self.start, self.stop = a, b
+                labels = _labels_of(loader, idx)
+                if b > a:
+                    made = loader._make_batch(epoch, number, idx[a:b])
+                    if made is None:
+                        raise DataError(
+                            f"fit: every file of batch {number + 1}'s share on rank {self.rank} was unreadable"
+                        )
+                    yield made[0], labels
+                else:
+                    yield None, labels
+            return
+        # Any other iterable: every rank reads every batch and keeps its share (correct, not economical).
+        for xb, yb in inner.batches(epoch):
+            a, b = share_of(len(xb), self.rank, self.size)
+            self.start, self.stop = a, b
+            yield (xb[a:b] if b > a else None), yb
+
+
+def _labels_of(loader: Any, idx: np.ndarray) -> np.ndarray:
+    ds = loader.source
+    if hasattr(ds, "y"):
+        return np.asarray(ds.y[idx], dtype=np.int64)
+    if hasattr(ds, "labels"):
+        return np.asarray(np.asarray(ds.labels)[idx], dtype=np.int64)
+    return np.asarray(ds.load_batch(idx)[1], dtype=np.int64)
+
+
+class DistributedTrainer(Trainer):
+    """A :class:`~cnnkit.training.fit.Trainer` whose step runs on every MPI process (module docstring)."""
+
+    def __init__(self, *args: Any, comm: Communicator | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.comm = comm if comm is not None else Communicator()
+        self.is_chief = self.comm.rank == 0
+        self.train_source = _ShardedSource(self.train_source, self.comm.rank, self.comm.size)
+        self.reducer = GradientReducer(self.model, self.comm)
+        if not self.is_chief:
+            self.verbose = 0
+            self.checkpoint_path = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, data_parts: list[Any]) -> None:
+        """Same seed, same weights, same setup everywhere; raises ConfigError on every rank otherwise."""
+        comm = self.comm
+        self.seed = int(comm.bcast_json(int(self.seed)))
+        self.params["seed"] = self.seed
+        self.train_source.seed = self.seed
+        settings = {k: v for k, v in self.params.items() if k not in ("verbose", "seed")}
+        check_same_everywhere(
+            comm,
+            {
+                "model": fingerprint(model_fingerprint(self.model)),
+                "settings": fingerprint(
+                    [settings, type(self.optimizer).__name__, self.optimizer.get_config()]
+                ),
+                "data": fingerprint(data_parts),
+            },
+        )
+        broadcast_model(self.model, comm)
+
+    def save_checkpoint(self, path: str) -> None:
+        if self.is_chief:
+            super().save_checkpoint(path)
+
+    # ------------------------------------------------------------------ the step
+    def _train_batch(self, epoch: int, batch: int, xb: Any, yb: np.ndarray, progress: Any) -> None:
+        self._share = (self.train_source.start, self.train_source.stop)
+        super()._train_batch(epoch, batch, xb, yb, progress)
+
+    def _step(self, xb: Any, yb: np.ndarray) -> tuple[float, int]:
+        comm = self.comm
+        start, stop = self._share
+        n_batch = len(yb)
+        active = min(n_batch, comm.size)
+        sync = comm.sync_for(active) if stop > start or active < comm.size else None
+        mine = stop > start
+        saved = [store[key].copy() for store, key in self._buffers]
+        failure = ""
+        loss_sum, hits, cache, logits = 0.0, 0, None, None
+        self.reducer.clear()
+        if mine:
+            try:
+                attach_sync(self.model, sync)
+                set_sample_offset(self.model, start)
+                y_mine = yb[start:stop]
+                if not self.train_source.checked:
+                    xb, y_mine = _check_batch(xb, y_mine, self.model, self.classes, "fit", "the DataLoader")
+                logits = self.head.logits(xb, True)
+                loss, cache = cross_entropy_forward(logits, y_mine)
+                loss_sum = loss * len(y_mine)
+                hits = _top_k_hits(logits, y_mine, 1)
+            except Exception as err:  # reported to every rank below
+                failure = f"{type(err).__name__}: {err}" if not isinstance(err, CnnkitError) else str(err)
+                failure = failure or repr(err)
+        else:
+            skip_dropout_step(self.model)
+        status = comm.sum_small(
+            np.array([1.0 if failure else 0.0, stop - start, loss_sum, hits, 1.0 if self._sigint else 0.0])
+        )
+        if status[0] > 0:
+            messages = comm.gather_text(failure)
+            rank = next(r for r, m in enumerate(messages) if m)
+            raise AllRanksError(f"fit: rank {rank} of {comm.size} failed: {messages[rank]}")
+        if status[4] > 0:
+            self._sigint = True
+        total = int(round(status[1]))
+        loss_mean = float(status[2] / total)
+        try:
+            if not math.isfinite(loss_mean):
+                raise _NonFinite("loss", loss_mean)
+            if mine:
+                assert cache is not None
+                # d(sum of my losses / B) / dlogits; the sum over ranks is d(mean loss of the batch)
+                self.head.backward(cross_entropy_backward((stop - start) / total, cache))
+            self.reducer.reduce(have_grads=mine)
+            if self.clip_norm is not None:
+                norm = clip_grad_norm(self.model, self.clip_norm)
+            else:
+                norm = global_grad_norm(self.model)
+            if not math.isfinite(norm):
+                raise _NonFinite("gradient norm", norm)
+        except _NonFinite:
+            for (store, key), value in zip(self._buffers, saved, strict=True):
+                store[key][...] = value
+            raise
+        finally:
+            attach_sync(self.model, None)
+        if active < comm.size:
+            broadcast_buffers(self.model, comm)  # the idle ranks' running statistics did not move
+        self.optimizer.step(self.model)
+        return loss_mean, int(round(status[3]))
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> dict[str, float]:
+        """Mean loss and accuracy over the whole validation set, each rank measuring a contiguous part."""
+        source = self.val_source
+        comm = self.comm
+        sums = np.zeros(3)
+        with _inference_mode(self.model):
+            for xb, yb in _val_share(source, comm.rank, comm.size):
+                if not source.checked:
+                    xb, yb = _check_batch(xb, yb, self.model, self.classes, "fit", "validation_data")
+                logits = self.head.logits(xb, False)
+                loss, _ = cross_entropy_forward(logits, yb)
+                sums += (loss * len(yb), len(yb), _top_k_hits(logits, yb, 1))
+        total = comm.sum_small(sums)
+        if total[1] == 0:
+            raise DataError("fit: validation_data yielded no samples")
+        return {"loss": float(total[0] / total[1]), "accuracy": float(total[2] / total[1])}
+
+
+def _val_share(source: Any, rank: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if isinstance(source, _ArraySource):
+        a, b = share_of(source.num_samples, rank, size)
+        for s in range(a, b, source.batch_size):
+            e = min(s + source.batch_size, b)
+            yield source.x[s:e], source.y[s:e]
+        return
+    loader = source.loader
+    if hasattr(loader, "batch_indices") and hasattr(loader, "_make_batch"):
+        for number, idx in enumerate(loader.batch_indices(0)):
+            if number % size == rank:
+                made = loader._make_batch(0, number, idx)
+                if made is not None:
+                    yield made
+        return
+    with contextlib.closing(source.batches(0)) as batches:
+        for number, (xb, yb) in enumerate(batches):
+            if number % size == rank:
+                yield xb, yb
+
+
+def run_or_abort(comm: Communicator, fn: Any) -> Any:
+    """``fn()``; an exception that not every rank shares stops the whole job with its rank's message."""
+    try:
+        return fn()
+    except (AllRanksError, KeyboardInterrupt):
+        raise
+    except BaseException as err:
+        if getattr(err, "all_ranks", False):
+            raise
+        tb = "".join(traceback.format_exception(type(err), err, err.__traceback__)[-3:])
+        print(
+            f"cnnkit: rank {comm.rank} of {comm.size} failed, stopping every process: "
+            f"{type(err).__name__}: {err}\n{tb}",
+            file=sys.stderr,
+        )
+        comm.abort(1)
+        raise
+
+
+def _data_parts(source: Any) -> list[Any]:
+    """What identifies a data source cheaply: sizes, labels, and up to 1024 evenly spaced images."""
+    if source is None:
+        return [None]
+    if isinstance(source, _ArraySource):
+        x = source.x
+        step = max(1, len(x) // 1024)
+        parts: list[Any] = [list(x.shape), str(x.dtype), x[::step]]
+        if source.y is not None:
+            parts.append(source.y)
+        return parts
+    loader = source.loader
+    parts = [type(loader).__name__, len(loader), source.num_samples]
+    for name in ("batch_size", "shuffle", "seed", "drop_last"):
+        parts.append(getattr(loader, name, None))
+    ds = getattr(loader, "source", None)
+    for name in ("y", "labels"):
+        if ds is not None and hasattr(ds, name):
+            parts.append(np.asarray(getattr(ds, name)))
+    if ds is not None and hasattr(ds, "x"):
+        x = np.asarray(ds.x)
+        parts.append(x[:: max(1, len(x) // 1024)])
+    return parts
+
+
+def run_distributed(
+    trainer: DistributedTrainer,
+    comm: Communicator,
+    resume_from: Any,
+    optimizer_given: bool,
+    train: Any,
+    val: Any,
+) -> Any:
+    """Set up, resume and train on every rank; see :func:`cnnkit.training.fit`."""
+    from .fit import _no_input_grad
+
+    def go() -> Any:
+        if resume_from is not None:
+            trainer.resume(str(resume_from), optimizer_given)
+        try:
+            trainer.setup([*_data_parts(train), *_data_parts(val)])
+        except CnnkitError as err:
+            err.all_ranks = True  # type: ignore[attr-defined]
+            raise
+        with _no_input_grad(trainer.model):
+            return trainer.train()
+
+    return run_or_abort(comm, go)

@@ -1,0 +1,102 @@
+"""Run by the MPI tests (``mpiexec -n N python worker.py JOB.json``, or plainly for one process).
+
+Trains a zoo model on seeded random data with ``fit`` and has rank 0 write the weights to ``out``
+(an .npz of the state dict) and the history to ``out.json``. The job file says which model, dtype,
+batch size, samples, epochs, optimizer and what to do (``fault``: raise on a rank at a step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def build(name: str, classes: int, shape: tuple[int, ...], seed: int | None, dtype: np.dtype):
+    from cnnkit.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+    from cnnkit.models import Sequential, zoo
+
+    if name == "tiny_bn_dropout":  # both kinds of batch norm and dropout, in little time
+        layers = [Conv2D(4, 3, padding=1), BatchNorm2D(), ReLU(), MaxPool2D(2), Flatten(), Dense(16)]
+        layers += [BatchNorm1D(), ReLU(), Dropout(0.3), Dense(classes)]
+        return Sequential(layers, input_shape=shape, seed=seed, dtype=dtype)
+    if name == "tiny_dropout":
+        layers = [Conv2D(4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(16), ReLU(), Dropout(0.3)]
+        return Sequential([*layers, Dense(classes)], input_shape=shape, seed=seed, dtype=dtype)
+    return zoo.get(name, num_classes=classes, input_shape=shape, seed=seed, dtype=dtype)
+
+
+def main() -> None:
+    job = json.loads(open(sys.argv[1]).read())
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from cnnkit.optim import SGD, Adam
+    from cnnkit.training import Callback, fit
+
+    dtype = np.dtype(job.get("dtype", "float32"))
+    shape = tuple(job["input_shape"])
+    classes = job.get("classes", 10)
+    n = job["samples"]
+    rng = np.random.default_rng(job.get("data_seed", 0))
+    x = rng.standard_normal((n, *shape)).astype(dtype)
+    y = rng.integers(0, classes, n)
+    if job.get("rank_dependent_data"):
+        from mpi4py import MPI
+
+        y = (y + MPI.COMM_WORLD.Get_rank()) % classes
+    seed = 7
+    if job.get("unseeded"):
+        import cnnkit
+        from mpi4py import MPI
+
+        cnnkit.set_seed(100 + MPI.COMM_WORLD.Get_rank())  # different draws on each rank: rank 0's must win
+        seed = None
+    model = build(job["model"], classes, shape, seed, dtype)
+    opt = SGD(lr=job.get("lr", 0.05), momentum=0.9) if job.get("optimizer", "sgd") == "sgd" else Adam(lr=1e-3)
+    callbacks = []
+    fault = job.get("fault")
+    if fault:
+
+        class Boom(Callback):
+            def on_batch_begin(self, batch, logs=None):
+                from mpi4py import MPI
+
+                if MPI.COMM_WORLD.Get_rank() == fault["rank"] and batch == fault["batch"]:
+                    if fault.get("kind") == "exit":
+                        os._exit(3)
+                    raise RuntimeError(f"boom on rank {fault['rank']}")
+
+        callbacks.append(Boom())
+    kwargs = dict(
+        epochs=job.get("epochs", 1),
+        batch_size=job["batch_size"],
+        optimizer=opt,
+        seed=3,
+        verbose=0,
+        callbacks=callbacks,
+        distributed=job.get("distributed"),
+    )
+    if job.get("validation"):
+        kwargs["validation_split"] = 0.25
+    if job.get("checkpoint"):
+        kwargs["checkpoint_path"] = job["checkpoint"]
+    if job.get("resume"):
+        kwargs["resume_from"] = job["resume"]
+    history = fit(model, x, y, **kwargs)
+    rank = 0
+    if job.get("distributed") != False:  # noqa: E712
+        try:
+            from mpi4py import MPI
+
+            rank = MPI.COMM_WORLD.Get_rank()
+        except ImportError:
+            rank = 0
+    if rank == 0:
+        np.savez(job["out"], **{k: np.asarray(v) for k, v in model.state_dict().items()})
+        with open(job["out"] + ".json", "w") as f:
+            json.dump(history.to_dict(), f)
+
+
+if __name__ == "__main__":
+    main()
