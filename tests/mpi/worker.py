@@ -47,8 +47,9 @@ def main() -> None:
         y = (y + MPI.COMM_WORLD.Get_rank()) % classes
     seed = 7
     if job.get("unseeded"):
-        import cnnkit
         from mpi4py import MPI
+
+        import cnnkit
 
         cnnkit.set_seed(100 + MPI.COMM_WORLD.Get_rank())  # different draws on each rank: rank 0's must win
         seed = None
