@@ -29,7 +29,11 @@ def build(name: str, classes: int, shape: tuple[int, ...], seed: int | None, dty
 
 
 def main() -> None:
-    job = json.loads(open(sys.argv[1]).read())
+    run(json.loads(open(sys.argv[1]).read()))
+
+
+def run(job: dict) -> None:
+    """Train as ``job`` says; rank 0 (or the only process) writes ``job["out"]`` and its .json."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from cnnkit.optim import SGD, Adam
     from cnnkit.training import Callback, fit

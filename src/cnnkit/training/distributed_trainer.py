@@ -129,6 +129,7 @@ class DistributedTrainer(Trainer):
         self.is_chief = self.comm.rank == 0
         self.train_source = _ShardedSource(self.train_source, self.comm.rank, self.comm.size)
         self.reducer = GradientReducer(self.model, self.comm)
+        self._inner_collectives = bool(attach_sync(self.model, None))
         if not self.is_chief:
             self.verbose = 0
             self.checkpoint_path = None
@@ -187,6 +188,9 @@ class DistributedTrainer(Trainer):
             except Exception as err:  # reported to every rank below
                 failure = f"{type(err).__name__}: {err}" if not isinstance(err, CnnkitError) else str(err)
                 failure = failure or repr(err)
+                if self._inner_collectives:
+                    # Other ranks may wait inside a batch-norm sum this rank will never reach: stop the job.
+                    _abort_with(comm, failure)
         else:
             skip_dropout_step(self.model)
         status = comm.sum_small(
@@ -263,6 +267,13 @@ def _val_share(source: Any, rank: int, size: int) -> Iterator[tuple[np.ndarray, 
         for number, (xb, yb) in enumerate(batches):
             if number % size == rank:
                 yield xb, yb
+
+
+def _abort_with(comm: Communicator, message: str) -> None:
+    print(
+        f"cnnkit: rank {comm.rank} of {comm.size} failed, stopping every process: {message}", file=sys.stderr
+    )
+    comm.abort(1)
 
 
 def run_or_abort(comm: Communicator, fn: Any) -> Any:

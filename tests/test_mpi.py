@@ -1,0 +1,130 @@
+"""Training on 2 and 3 real MPI processes (``mpiexec``) holds the weights of one process.
+
+Each test starts ``mpiexec -n N python tests/mpi/worker.py JOB`` and compares rank 0's weights with the
+same job run in this process. Skipped when mpi4py or mpiexec is missing. Open MPI as root needs
+``OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1`` (set here); ``--oversubscribe`` lets 3
+processes share 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec")
+if not os.path.exists(MPIEXEC):
+    pytest.skip("mpiexec not found", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).parent / "mpi"))
+import worker  # noqa: E402
+
+WORKER = str(Path(__file__).parent / "mpi" / "worker.py")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+    env["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"):
+        env.pop(name, None)
+    return env
+
+
+def mpirun(n: int, job: dict, tmp_path: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    path = tmp_path / f"job{n}.json"
+    path.write_text(json.dumps(job))
+    cmd = [MPIEXEC, "-n", str(n), "--oversubscribe", sys.executable, WORKER, str(path)]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def one_process(job: dict, monkeypatch) -> None:
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    worker.run(job)
+
+
+def rel_diff(a_path: str, b_path: str) -> float:
+    a, b = np.load(a_path), np.load(b_path)
+    assert sorted(a) == sorted(b)
+    worst = 0.0
+    for k in a:
+        scale = max(float(np.abs(a[k]).max()), 1e-30)
+        worst = max(worst, float(np.abs(a[k].astype(np.float64) - b[k]).max()) / scale)
+    return worst
+
+
+def compare(job: dict, n: int, tmp_path: Path, monkeypatch) -> tuple[float, dict, dict]:
+    one = dict(job, out=str(tmp_path / "one.npz"))
+    many = dict(job, out=str(tmp_path / f"n{n}.npz"))
+    one_process(one, monkeypatch)
+    proc = mpirun(n, many, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    h1 = json.loads(Path(one["out"] + ".json").read_text())
+    hn = json.loads(Path(many["out"] + ".json").read_text())
+    return rel_diff(one["out"], many["out"]), h1, hn
+
+
+def test_one_step_with_batch_norm_and_dropout_on_3_processes(tmp_path, monkeypatch):
+    """64 samples on 3 processes: shares of 22, 21, 21; BN statistics and dropout masks of the whole batch."""
+    job = {"model": "tiny_bn_dropout", "input_shape": [3, 8, 8], "samples": 64, "batch_size": 64}
+    diff, h1, hn = compare(job, 3, tmp_path, monkeypatch)
+    assert diff < 1e-4
+    assert abs(h1["history"]["loss"][0] - hn["history"]["loss"][0]) < 1e-5
+
+
+def test_float64_epochs_with_a_short_last_batch_and_validation_on_3_processes(tmp_path, monkeypatch):
+    """88 samples, 66 trained (25% validation): batches of 32, 32 and 2, so one process idles in the last
+    step. Two epochs in float64 hold the weights of one process to 1e-9, metrics included."""
+    job = {
+        "model": "tiny_bn_dropout", "input_shape": [3, 8, 8], "samples": 88, "batch_size": 32,
+        "dtype": "float64", "epochs": 2, "validation": True,
+    }  # fmt: skip
+    diff, h1, hn = compare(job, 3, tmp_path, monkeypatch)
+    assert diff < 1e-9
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(hn["history"][key], h1["history"][key], rtol=1e-9)
+
+
+def test_float32_epoch_of_8_sgd_steps_on_2_processes(tmp_path, monkeypatch):
+    job = {"model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 128, "batch_size": 16, "lr": 0.02}
+    diff, _, _ = compare(job, 2, tmp_path, monkeypatch)
+    assert diff < 1e-4
+
+
+def test_an_exception_on_one_rank_stops_every_rank_with_its_message(tmp_path):
+    job = {
+        "model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 64, "batch_size": 16,
+        "fault": {"rank": 1, "batch": 2}, "out": str(tmp_path / "never.npz"),
+    }  # fmt: skip
+    proc = mpirun(2, job, tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "boom on rank 1" in proc.stderr
+    assert "rank 1 of 2 failed" in proc.stderr
+    assert not (tmp_path / "never.npz").exists()
+
+
+def test_ranks_that_disagree_on_the_data_are_refused(tmp_path):
+    job = {
+        "model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 32, "batch_size": 16,
+        "rank_dependent_data": True, "out": str(tmp_path / "never.npz"),
+    }  # fmt: skip
+    proc = mpirun(2, job, tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "the processes disagree on the data: rank(s) [1] differ from rank 0" in proc.stderr
+
+
+def test_a_global_batch_smaller_than_the_processes_is_refused(tmp_path):
+    job = {"model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 8, "batch_size": 2, "out": "x"}
+    proc = mpirun(3, job, tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "the global batch size 2 is smaller than the 3 processes" in proc.stderr
