@@ -95,8 +95,13 @@ def test_float64_epochs_with_a_short_last_batch_and_validation_on_3_processes(tm
         np.testing.assert_allclose(hn["history"][key], h1["history"][key], rtol=1e-9)
 
 
-def test_float32_epoch_of_8_sgd_steps_on_2_processes(tmp_path, monkeypatch):
-    job = {"model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 128, "batch_size": 16, "lr": 0.02}
+def test_float32_epoch_of_8_sgd_steps_from_an_augmenting_loader_on_2_processes(tmp_path, monkeypatch):
+    """A DataLoader with augmentation: each process loads and augments only its share, each image as in
+    one process (the augmentation's parameters are drawn for the whole batch)."""
+    job = {
+        "model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 128, "batch_size": 16, "lr": 0.02,
+        "loader": True,
+    }  # fmt: skip
     diff, _, _ = compare(job, 2, tmp_path, monkeypatch)
     assert diff < 1e-4
 

@@ -88,7 +88,13 @@ def run(job: dict) -> None:
         kwargs["checkpoint_path"] = job["checkpoint"]
     if job.get("resume"):
         kwargs["resume_from"] = job["resume"]
-    history = fit(model, x, y, **kwargs)
+    data: object = x
+    if job.get("loader"):  # a DataLoader with augmentation: each process loads and augments its share
+        from cnnkit.data import Augment, DataLoader
+
+        augment = Augment(rotation=15, flip=True, zoom=0.1, translate=1, seed=5)
+        data, y = DataLoader((x, y), job["batch_size"], seed=3, augment=augment, prefetch=0), None
+    history = fit(model, data, y, **kwargs)
     rank = 0
     if job.get("distributed") != False:  # noqa: E712
         try:

@@ -52,7 +52,8 @@ class _ShardedSource:
 
     def __init__(self, inner: _ArraySource | _LoaderSource, rank: int, size: int) -> None:
         self.inner, self.rank, self.size = inner, rank, size
-        self.checked = inner.checked
+        self.shares_checked = inner.checked  # shares of unchecked sources are checked in the step
+        self.checked = True
         self.start = 0
         self.stop = 0
 
@@ -95,7 +96,7 @@ class _ShardedSource:
                 self.start, self.stop = a, b
                 labels = _labels_of(loader, idx)
                 if b > a:
-                    made = loader._make_batch(epoch, number, idx[a:b])
+                    made = _load_share(loader, epoch, number, idx, a, b)
                     if made is None:
                         raise DataError(
                             f"fit: every file of batch {number + 1}'s share on rank {self.rank} was unreadable"
@@ -109,6 +110,41 @@ class _ShardedSource:
             a, b = share_of(len(xb), self.rank, self.size)
             self.start, self.stop = a, b
             yield (xb[a:b] if b > a else None), yb
+
+
+def _load_share(loader: Any, epoch: int, number: int, idx: np.ndarray, a: int, b: int) -> Any:
+    """Samples ``a:b`` of a DataLoader's batch ``number``, as that batch would give them.
+
+    What ``DataLoader`` does for the whole batch (load, augment, transform), on the share only; an
+    :class:`~cnnkit.data.Augment` draws its parameters for the whole batch and applies this share's rows,
+    so every image is augmented as in one process. Another augmentation callable gets the batch's
+    generator and the share alone (the same distribution, not the same draws).
+    """
+    if not hasattr(loader, "augment") or loader.augment is None:
+        return loader._make_batch(epoch, number, idx[a:b])
+    from ..data.augment import Augment
+
+    augment = loader.augment
+    if not (isinstance(augment, Augment) and getattr(loader, "_augment_takes_rng", False)):
+        return loader._make_batch(epoch, number, idx[a:b])
+    aug_seed = getattr(augment, "seed", None)
+    key = [loader.seed, int(epoch), int(number)]
+    if isinstance(aug_seed, (int, np.integer)):
+        key.append(int(aug_seed) & 0xFFFFFFFFFFFFFFFF)
+    params = augment.sample(len(idx), np.random.default_rng(key))
+    part = {k: v[a:b] for k, v in params.items()}
+
+    class _Rows:  # the loader's augment step, with this share's rows of the whole batch's draw
+        seed = aug_seed
+
+        def __call__(self, x: np.ndarray, rng: Any = None) -> np.ndarray:
+            return augment.apply(x, part) if not augment.is_identity else x.copy()
+
+    loader.augment = _Rows()
+    try:
+        return loader._make_batch(epoch, number, idx[a:b])
+    finally:
+        loader.augment = augment
 
 
 def _labels_of(loader: Any, idx: np.ndarray) -> np.ndarray:
@@ -179,7 +215,7 @@ class DistributedTrainer(Trainer):
                 attach_sync(self.model, sync)
                 set_sample_offset(self.model, start)
                 y_mine = yb[start:stop]
-                if not self.train_source.checked:
+                if not self.train_source.shares_checked:
                     xb, y_mine = _check_batch(xb, y_mine, self.model, self.classes, "fit", "the DataLoader")
                 logits = self.head.logits(xb, True)
                 loss, cache = cross_entropy_forward(logits, y_mine)
