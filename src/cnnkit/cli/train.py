@@ -136,6 +136,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATIENCE",
         help="stop after PATIENCE epochs without a better validation loss; keep the best weights",
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="the model's floating-point type (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<model>-<data>)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -170,9 +176,35 @@ def run(args: argparse.Namespace) -> int:
     require_model_name(args.model)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_label(args.data)}"
     paths = {name: out / name for name in ("model.cnnkit", "metrics.json", "curves.png")}
-    guard_outputs(paths.values(), args.force)
-    with blas_threads(args.threads, "train") as threads:
+    args.rank, args.processes = _processes(args)
+    if args.rank == 0:
+        guard_outputs(paths.values(), args.force)
+    with blas_threads(args.threads, "train") as threads, _quiet_unless(args.rank == 0):
         return _train(args, out, paths, start, threads)
+
+
+def _processes(args: argparse.Namespace) -> tuple[int, int]:
+    """``(rank, processes)`` under ``mpiexec`` (one model trained on all of them), else ``(0, 1)``."""
+    from ..errors import ConfigError
+    from ..training.distributed import process_group
+
+    rank, size = process_group()
+    if size > 1 and args.batch_size < size:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} is smaller than the {size} processes: it is the global batch, "
+            f"split among them; give at least {size}"
+        )
+    return rank, size
+
+
+def _quiet_unless(chief: bool) -> Any:
+    """Only rank 0 prints to stdout (errors still reach stderr from every process)."""
+    import contextlib
+    import os
+
+    if chief:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
 
 
 def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, threads: int | None) -> int:
@@ -198,6 +230,8 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
     )
     print(data.describe())
     model = build_for_data(args.model, data, seed=args.seed)
+    if args.dtype != "float32":
+        model.astype(args.dtype)
     print(
         f"model: {args.model}, input {'x'.join(map(str, data.input_shape))}, {model.count_params():,} parameters"
     )
@@ -223,7 +257,9 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
         class_names=data.class_names,
     )
     timing = {"load_s": load_s, "train_s": time.perf_counter() - t0}
-    final_name, final_data, final = _final_metrics(model, data, normalize)
+    final_name, final_data, final = _final_metrics(model, data, normalize, args.processes)
+    if args.rank != 0:  # rank 0 writes the files
+        return 130 if history.interrupted else 0
     preprocess = {
         "image_size": list(data.image_size),
         "color": data.color,
@@ -241,6 +277,8 @@ def _train(args: argparse.Namespace, out: Any, paths: dict, start: float, thread
             "augment": augment.get_config() if augment is not None else None,
             "seed": args.seed,
             "blas_threads": threads,
+            "dtype": args.dtype,
+            "processes": args.processes,
         },
         f"{final_name}_metrics": final,
     }
@@ -283,15 +321,23 @@ def _callbacks(args: argparse.Namespace) -> list:
     return callbacks
 
 
-def _final_metrics(model: Any, data: Any, normalize: Any) -> tuple[str, Any, dict | None]:
-    """Loss and accuracy on the test split when the data set has one, else on the validation split."""
+def _final_metrics(
+    model: Any, data: Any, normalize: Any, processes: int = 1
+) -> tuple[str, Any, dict | None]:
+    """Loss and accuracy on the test split when the data set has one, else on the validation split
+    (shared among the processes under mpiexec)."""
     from ..data import DataLoader
     from ..training.fit import evaluate
 
     name, split = ("test", data.test) if data.test is not None else ("validation", data.validation)
     if split is None:
         return name, None, None
-    return name, split, evaluate(model, DataLoader(split, 256, shuffle=False, transform=normalize))
+    loader = DataLoader(split, 256, shuffle=False, transform=normalize)
+    if processes > 1:
+        from ..training.distributed_trainer import evaluate_shared
+
+        return name, split, evaluate_shared(model, loader)
+    return name, split, evaluate(model, loader)
 
 
 def _metrics(
@@ -313,7 +359,7 @@ def _metrics(
         "input_shape": list(data.input_shape),
         "data": data.summary(),
         "preprocess": model.metadata["preprocess"],
-        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command", "rank")},
         "history": history.to_dict(),
         "epochs_run": len(history),
         "interrupted": bool(history.interrupted),

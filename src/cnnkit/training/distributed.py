@@ -52,6 +52,7 @@ __all__ = [
     "launched_world_size",
     "import_mpi",
     "Communicator",
+    "process_group",
     "shares",
     "share_of",
     "broadcast_model",
@@ -99,6 +100,19 @@ def import_mpi() -> Any:
             f"distributed training: mpi4py cannot be imported ({err}); {where}install it: {INSTALL_HINT}"
         ) from None
     return MPI
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, size)`` of this process in the MPI job that started it, or ``(0, 1)`` outside one.
+
+    Under an MPI launcher with more than one process, mpi4py must import (else a ConfigError says what to
+    install): the CLI asks this first, before any data is read.
+    """
+    launched = launched_world_size()
+    if launched is None or launched == 1:
+        return 0, 1
+    comm = import_mpi().COMM_WORLD
+    return comm.Get_rank(), comm.Get_size()
 
 
 def shares(batch: int, size: int) -> list[tuple[int, int]]:

@@ -305,6 +305,36 @@ def _val_share(source: Any, rank: int, size: int) -> Iterator[tuple[np.ndarray, 
                 yield xb, yb
 
 
+def evaluate_shared(model: Any, data: Any, comm: Communicator | None = None) -> dict[str, float]:
+    """``evaluate(model, data)`` with the work shared among the MPI processes (the same result on all).
+
+    ``data``: a DataLoader or an ``(x, y)`` pair. Each rank measures a part (a contiguous range of an
+    array, every ``size``-th batch of a loader); the sums of losses, hits and samples are combined.
+    """
+    from .fit import _as_images, _as_labels, _Head, _is_loader, _num_classes
+
+    comm = comm if comm is not None else Communicator()
+    if _is_loader(data):
+        source: Any = _LoaderSource(data)
+    else:
+        x = _as_images(data[0], "evaluate", "x")
+        source = _ArraySource(x, _as_labels(data[1], len(x), "evaluate", "y"), 256, False, 0)
+    classes = _num_classes(model, "evaluate")
+    head = _Head(model)
+    sums = np.zeros(3)
+    with _inference_mode(model):
+        for xb, yb in _val_share(source, comm.rank, comm.size):
+            if not source.checked:
+                xb, yb = _check_batch(xb, yb, model, classes, "evaluate", "the DataLoader")
+            logits = head.logits(xb, False)
+            loss, _ = cross_entropy_forward(logits, yb)
+            sums += (loss * len(yb), len(yb), _top_k_hits(logits, yb, 1))
+    total = comm.sum_small(sums)
+    if total[1] == 0:
+        raise DataError("evaluate: the data yielded no samples")
+    return {"loss": float(total[0] / total[1]), "accuracy": float(total[2] / total[1])}
+
+
 def _abort_with(comm: Communicator, message: str) -> None:
     print(
         f"cnnkit: rank {comm.rank} of {comm.size} failed, stopping every process: {message}", file=sys.stderr
