@@ -133,3 +133,45 @@ def test_a_global_batch_smaller_than_the_processes_is_refused(tmp_path):
     proc = mpirun(3, job, tmp_path, timeout=120)
     assert proc.returncode != 0
     assert "the global batch size 2 is smaller than the 3 processes" in proc.stderr
+
+
+def test_a_checkpoint_written_on_3_processes_resumes_on_2_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    base = {
+        "model": "tiny_bn_dropout", "input_shape": [3, 8, 8], "samples": 80, "batch_size": 32,
+        "dtype": "float64",
+    }  # fmt: skip
+    ckpt = str(tmp_path / "ckpt.cnnkit")
+    first = mpirun(3, dict(base, epochs=1, checkpoint=ckpt, out=str(tmp_path / "e1.npz")), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = mpirun(2, dict(base, epochs=2, resume=ckpt, out=str(tmp_path / "resumed.npz")), tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    one_process(dict(base, epochs=2, out=str(tmp_path / "one.npz")), monkeypatch)
+    assert rel_diff(str(tmp_path / "one.npz"), str(tmp_path / "resumed.npz")) < 1e-9
+    h = json.loads((tmp_path / "resumed.npz.json").read_text())
+    assert len(h["history"]["loss"]) == 2
+
+
+@pytest.mark.slow
+def test_cli_train_on_2_processes_writes_what_one_process_writes(tmp_path, monkeypatch):
+    from cnnkit.cli import main
+    from cnnkit.io import load_model
+
+    flags = ["train", "--model", "lenet5", "--limit", "96", "--epochs", "1", "--batch-size", "32"]
+    flags += ["--dtype", "float64", "--augment", "standard"]
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([*flags, "--out", str(tmp_path / "one")]) == 0
+    cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, "-m", "cnnkit", *flags]
+    proc = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "two")], env=_env(), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test accuracy") == 1  # rank 0 alone prints
+    a = load_model(tmp_path / "one" / "model.cnnkit").state_dict()
+    b = load_model(tmp_path / "two" / "model.cnnkit").state_dict()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(a[key]).max())))
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["final"]["accuracy"] == pytest.approx(one["final"]["accuracy"], abs=1e-12)
+    assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
