@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,16 +107,66 @@ def test_float32_epoch_of_8_sgd_steps_from_an_augmenting_loader_on_2_processes(t
     assert diff < 1e-4
 
 
-def test_an_exception_on_one_rank_stops_every_rank_with_its_message(tmp_path):
+def test_an_exception_in_a_step_stops_every_rank_with_its_message(tmp_path):
+    """Raised in rank 1's forward pass in epoch 2: every rank learns it at the step's status sum and
+    raises it; the checkpoint of epoch 1 stays whole and no temporary file is left."""
     job = {
-        "model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 64, "batch_size": 16,
+        "model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 64, "batch_size": 16, "epochs": 3,
+        "fault": {"kind": "forward", "rank": 1, "call": 6}, "checkpoint": str(tmp_path / "ck" / "c.cnnkit"),
+        "out": str(tmp_path / "never.npz"),
+    }  # fmt: skip
+    proc = mpirun(2, job, tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert (
+        proc.stderr.count("fit: rank 1 of 2 failed: RuntimeError: boom on rank 1") == 2
+    )  # both ranks raise it
+    assert "MPI_ABORT" not in proc.stderr
+    assert not (tmp_path / "never.npz").exists()
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["c.cnnkit"]
+
+
+def test_an_exception_outside_the_step_aborts_every_rank_with_its_message(tmp_path):
+    """Raised by a callback on rank 1 of a batch-norm model (other ranks may wait in a collective):
+    the job is stopped with MPI_Abort, after rank 1's message."""
+    job = {
+        "model": "tiny_bn_dropout", "input_shape": [3, 8, 8], "samples": 64, "batch_size": 16,
         "fault": {"rank": 1, "batch": 2}, "out": str(tmp_path / "never.npz"),
     }  # fmt: skip
     proc = mpirun(2, job, tmp_path, timeout=120)
     assert proc.returncode != 0
-    assert "boom on rank 1" in proc.stderr
-    assert "rank 1 of 2 failed" in proc.stderr
+    assert "cnnkit: rank 1 of 2 failed, stopping every process: RuntimeError: boom on rank 1" in proc.stderr
     assert not (tmp_path / "never.npz").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, sig):
+    """Ctrl-C or SIGTERM reaching one process (a batch system signals each process; ``mpiexec`` itself
+    kills them within a second, see the README) stops all of them after the same step, cleanly."""
+    job = {
+        "model": "simple_cnn", "input_shape": [3, 8, 8], "samples": 64, "batch_size": 16, "epochs": 1000,
+        "report_pid": True, "checkpoint": str(tmp_path / "c.cnnkit"), "out": str(tmp_path / "w.npz"),
+    }  # fmt: skip
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    cmd = [MPIEXEC, "-n", "2", "--oversubscribe", sys.executable, WORKER, str(path)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = {}
+        while len(pids) < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()[-3000:]
+            if line.startswith("pid "):
+                pids[int(line.split()[1])] = int(line.split()[2])
+        os.kill(pids[1], sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    ends = sorted(line for line in out.splitlines() if line.startswith("rank "))
+    assert len(ends) == 2 and ends[0].split()[2:] == ends[1].split()[2:], ends
+    assert ends[0].endswith("interrupted True")
+    assert (tmp_path / "w.npz").exists() and (tmp_path / "c.cnnkit").exists()
 
 
 def test_ranks_that_disagree_on_the_data_are_refused(tmp_path):
@@ -170,7 +221,9 @@ def test_cli_train_on_2_processes_writes_what_one_process_writes(tmp_path, monke
     a = load_model(tmp_path / "one" / "model.cnnkit").state_dict()
     b = load_model(tmp_path / "two" / "model.cnnkit").state_dict()
     for key in a:
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(a[key]).max())))
+        np.testing.assert_allclose(
+            b[key], a[key], rtol=1e-9, atol=1e-12 * max(1.0, float(np.abs(a[key]).max()))
+        )
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["final"]["accuracy"] == pytest.approx(one["final"]["accuracy"], abs=1e-12)

@@ -61,7 +61,20 @@ def run(job: dict) -> None:
     opt = SGD(lr=job.get("lr", 0.05), momentum=0.9) if job.get("optimizer", "sgd") == "sgd" else Adam(lr=1e-3)
     callbacks = []
     fault = job.get("fault")
-    if fault:
+    if fault and fault.get("kind") == "forward":  # an exception inside the step, on one rank
+        from mpi4py import MPI
+
+        first = next(iter(model.children().values()))
+        forward, calls = first.forward, []
+
+        def failing(x, training):
+            calls.append(1)
+            if MPI.COMM_WORLD.Get_rank() == fault["rank"] and len(calls) == fault["call"]:
+                raise RuntimeError(f"boom on rank {fault['rank']}")
+            return forward(x, training)
+
+        first.forward = failing
+    elif fault:
 
         class Boom(Callback):
             def on_batch_begin(self, batch, logs=None):
@@ -73,6 +86,20 @@ def run(job: dict) -> None:
                     raise RuntimeError(f"boom on rank {fault['rank']}")
 
         callbacks.append(Boom())
+    steps: list[int] = []
+    if job.get("report_pid"):  # for the signal tests: say who we are, then train slowly
+        import time
+
+        from mpi4py import MPI
+
+        class Slow(Callback):
+            def on_batch_end(self, batch, logs=None):
+                steps.append(batch)
+                if len(steps) == 6:  # in epoch 2: the checkpoint of epoch 1 is written
+                    print(f"pid {MPI.COMM_WORLD.Get_rank()} {os.getpid()}", flush=True)
+                time.sleep(0.05)
+
+        callbacks.append(Slow())
     kwargs = dict(
         epochs=job.get("epochs", 1),
         batch_size=job["batch_size"],
@@ -95,6 +122,13 @@ def run(job: dict) -> None:
         augment = Augment(rotation=15, flip=True, zoom=0.1, translate=1, seed=5)
         data, y = DataLoader((x, y), job["batch_size"], seed=3, augment=augment, prefetch=0), None
     history = fit(model, data, y, **kwargs)
+    if job.get("report_pid"):
+        from mpi4py import MPI
+
+        print(
+            f"rank {MPI.COMM_WORLD.Get_rank()} steps {len(steps)} interrupted {history.interrupted}",
+            flush=True,
+        )
     rank = 0
     if job.get("distributed") != False:  # noqa: E712
         try:

@@ -321,9 +321,7 @@ def _callbacks(args: argparse.Namespace) -> list:
     return callbacks
 
 
-def _final_metrics(
-    model: Any, data: Any, normalize: Any, processes: int = 1
-) -> tuple[str, Any, dict | None]:
+def _final_metrics(model: Any, data: Any, normalize: Any, processes: int = 1) -> tuple[str, Any, dict | None]:
     """Loss and accuracy on the test split when the data set has one, else on the validation split
     (shared among the processes under mpiexec)."""
     from ..data import DataLoader

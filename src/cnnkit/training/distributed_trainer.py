@@ -160,6 +160,8 @@ class DistributedTrainer(Trainer):
     """A :class:`~cnnkit.training.fit.Trainer` whose step runs on every MPI process (module docstring)."""
 
     def __init__(self, *args: Any, comm: Communicator | None = None, **kwargs: Any) -> None:
+        self._stop_local = False  # a Ctrl-C or SIGTERM this process received
+        self._stop_agreed = False  # known to every process (through a step's status sum)
         super().__init__(*args, **kwargs)
         self.comm = comm if comm is not None else Communicator()
         self.is_chief = self.comm.rank == 0
@@ -169,6 +171,16 @@ class DistributedTrainer(Trainer):
         if not self.is_chief:
             self.verbose = 0
             self.checkpoint_path = None
+
+    # A stop request is acted on only once every process knows of it, after the same step: the signal
+    # handler's write goes to the local flag, the loop's reads see the agreed one.
+    @property
+    def _sigint(self) -> bool:
+        return self._stop_agreed
+
+    @_sigint.setter
+    def _sigint(self, value: bool) -> None:
+        self._stop_local = bool(value)
 
     # ------------------------------------------------------------------ set-up
     def setup(self, data_parts: list[Any]) -> None:
@@ -230,14 +242,16 @@ class DistributedTrainer(Trainer):
         else:
             skip_dropout_step(self.model)
         status = comm.sum_small(
-            np.array([1.0 if failure else 0.0, stop - start, loss_sum, hits, 1.0 if self._sigint else 0.0])
+            np.array(
+                [1.0 if failure else 0.0, stop - start, loss_sum, hits, 1.0 if self._stop_local else 0.0]
+            )
         )
         if status[0] > 0:
             messages = comm.gather_text(failure)
             rank = next(r for r, m in enumerate(messages) if m)
             raise AllRanksError(f"fit: rank {rank} of {comm.size} failed: {messages[rank]}")
         if status[4] > 0:
-            self._sigint = True
+            self._stop_agreed = True
         total = int(round(status[1]))
         loss_mean = float(status[2] / total)
         try:
