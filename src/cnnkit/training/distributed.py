@@ -65,6 +65,8 @@ __all__ = [
 #: Variables that MPI launchers set in every process they start (Open MPI, MPICH/Hydra, PMIx, Slurm).
 MPI_ENV_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK")
 
+_GATHER_UP_TO = 8
+
 INSTALL_HINT = "pip install 'cnnkit[mpi]' (mpi4py and Open MPI), or a system MPI with its mpi4py"
 
 
@@ -152,12 +154,24 @@ class Communicator:
 
     # ------------------------------------------------------------------ small sums (deterministic)
     def sum_small(self, v: np.ndarray, comm: Any = None) -> np.ndarray:
-        """Element-wise float64 sum over the ranks of a short vector, added in rank order on every rank."""
+        """Element-wise float64 sum over the ranks of a short vector, the same bits on every rank.
+
+        Up to 8 ranks: gathered and added in rank order (the same sum whatever MPI's algorithms); more:
+        reduced to rank 0 and broadcast (a gather would move ``size`` times the bytes).
+        """
         comm = self.comm if comm is None else comm
         v = np.ascontiguousarray(v, dtype=np.float64).ravel()
         size = comm.Get_size()
         if size == 1:
             return v.copy()
+        if size > _GATHER_UP_TO:  # O(len(v)) bytes a rank, not O(size * len(v)): a reduction, then its result
+            total = v.copy()
+            if comm.Get_rank() == 0:
+                comm.Reduce(self.MPI.IN_PLACE, total, op=self.MPI.SUM, root=0)
+            else:
+                comm.Reduce(v, None, op=self.MPI.SUM, root=0)
+            comm.Bcast(total, root=0)
+            return total
         out = np.empty((size, v.size), np.float64)
         comm.Allgather(v, out)
         total = out[0].copy()
