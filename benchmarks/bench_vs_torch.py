@@ -21,8 +21,10 @@ the kernel's peak-RSS counter is reset, and the figure is the peak over three st
 them (so library import size, model weights and one-off start-up costs are not counted). A 1024^3 float32 GEMM is
 timed before and after the run: if it fell below ``STARVED_GFLOPS`` the host starved a CPU and the run
 is flagged. The BLAS kernel that ran is reported (threadpoolctl), with OpenBLAS's idle spin, which
-``import cnnkit`` shortens (``OPENBLAS_THREAD_TIMEOUT``, :mod:`cnnkit._blas_spin`), as in any program
-that uses cnnkit; PyTorch's MKL and OpenMP threads do not read it.
+:func:`cnnkit.runtime.tune` shortens (``OPENBLAS_THREAD_TIMEOUT``), called here where the ``cnnkit``
+command calls it, before any timing, so cnnkit runs tuned exactly as the command runs it (the spin and
+glibc's malloc thresholds, process-wide, so PyTorch gets the same allocator settings); PyTorch's MKL
+and OpenMP threads do not read the spin.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-import cnnkit  # noqa: F401  (now, before any timing: it shortens OpenBLAS's idle spin, cnnkit._blas_spin)
+import cnnkit
+import cnnkit.runtime
+
+cnnkit.runtime.tune()  # as the `cnnkit` command does, before any timing (see the docstring)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -182,10 +187,7 @@ def memory_child(lib: str, name: str, batch: int) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     model, x, y, twin, twin_cl = build(name, batch)
     if lib == "cnnkit":
-        from cnnkit.utils.memory import keep_freed_memory
-
-        keep_freed_memory()  # what cnnkit's fit does
-        train, _ = cnnkit_steps(model, x, y)
+        train, _ = cnnkit_steps(model, x, y)  # tuned at import of this script, as the command runs
     else:
         del model
         train, _ = torch_steps(twin_cl if lib == "torch_cl" else twin, x, y, lib == "torch_cl")
@@ -231,11 +233,9 @@ def main() -> int:
     from threadpoolctl import threadpool_info
 
     from cnnkit.bench import blas_info
-    from cnnkit.utils.memory import keep_freed_memory
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
-    keep_freed_memory()  # process-wide, so PyTorch gets the same allocator settings (PERF-NOTES)
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"warning: {var}={os.environ[var]} is set; it slows NumPy's BLAS (see the docstring)")

@@ -126,10 +126,11 @@ def test_header_metadata_layout(tmp_path):
     assert all(isinstance(v, str) for v in meta.values())
     arch = json.loads(meta["architecture"])
     assert arch["class"] == "Sequential"
+    user = f"{__name__}>"  # classes outside cnnkit are saved under their module's namespace
     assert [spec["class"] for spec in arch["config"]["layers"].values()] == [
-        "IoTestAffine",
-        "IoTestNoise",
-        "IoTestAffine",
+        user + "IoTestAffine",
+        user + "IoTestNoise",
+        user + "IoTestAffine",
     ]
     assert json.loads(meta["input_shape"]) == [3, 4, 4]
     assert json.loads(meta["class_names"]) == ["a", "b", "c"]

@@ -138,7 +138,7 @@ def test_an_exception_outside_the_step_aborts_every_rank_with_its_message(tmp_pa
     assert not (tmp_path / "never.npz").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
 def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, sig):
     """Ctrl-C or SIGTERM reaching one process (a batch system signals each process; ``mpiexec`` itself
     kills them within a second, see the README) stops all of them after the same step, cleanly."""

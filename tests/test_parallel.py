@@ -1,4 +1,4 @@
-"""Work split across threads (cnnkit.ops._parallel) and OpenBLAS's idle spin (cnnkit._blas_spin)."""
+"""Work split across threads (cnnkit.ops._parallel) and OpenBLAS's idle spin (cnnkit.runtime)."""
 
 from __future__ import annotations
 
@@ -91,26 +91,31 @@ def _spin_after(code: str, env: dict[str, str] | None = None) -> str:
     return result.stdout.strip()
 
 
-def test_import_cnnkit_shortens_openblas_spin():
-    from cnnkit._blas_spin import OPENBLAS_THREAD_TIMEOUT
+def test_import_cnnkit_leaves_openblas_spin_alone_and_tune_shortens_it():
+    from cnnkit.runtime import OPENBLAS_THREAD_TIMEOUT
 
-    assert _spin_after("import cnnkit") == OPENBLAS_THREAD_TIMEOUT
-    assert _spin_after("import cnnkit", {"OPENBLAS_THREAD_TIMEOUT": "26"}) == "26"  # the user's value wins
+    assert _spin_after("import cnnkit") == "unset"
+    assert _spin_after("import cnnkit.runtime\ncnnkit.runtime.tune()") == OPENBLAS_THREAD_TIMEOUT
+    tuned = "import cnnkit.runtime\ncnnkit.runtime.tune()"
+    assert _spin_after(tuned, {"OPENBLAS_THREAD_TIMEOUT": "26"}) == "26"  # the user's value wins
 
 
 def test_numpy_imported_first_gets_its_openblas_reloaded():
-    """NumPy's OpenBLAS is already loaded: it re-reads the variable and restarts its threads, and
-    still multiplies correctly on as many threads as before."""
-    from cnnkit._blas_spin import OPENBLAS_THREAD_TIMEOUT
+    """NumPy's OpenBLAS is already loaded: tune() makes it re-read the variable and restart its threads,
+    and it still multiplies correctly on as many threads as before."""
+    from cnnkit.runtime import OPENBLAS_THREAD_TIMEOUT
 
     code = (
         "import numpy as np\n"
         "from threadpoolctl import threadpool_info\n"
         "a = np.random.default_rng(0).standard_normal((300, 300))\n"
         "before, threads = a @ a, [p['num_threads'] for p in threadpool_info()]\n"
-        "import cnnkit\n"
-        "from cnnkit._blas_spin import _loaded_openblas\n"
+        "import cnnkit.runtime\n"
+        "from cnnkit.runtime import _loaded_openblas, openblas_thread_timeout\n"
         "assert _loaded_openblas(), 'NumPy has no OpenBLAS here'\n"
+        "assert openblas_thread_timeout() == 0\n"
+        "cnnkit.runtime.tune()\n"
+        "assert openblas_thread_timeout() == int(cnnkit.runtime.OPENBLAS_THREAD_TIMEOUT)\n"
         "assert np.array_equal(a @ a, before)\n"
         "assert [p['num_threads'] for p in threadpool_info()] == threads\n"
     )

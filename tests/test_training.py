@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -502,9 +504,31 @@ def test_verbose_levels(bar_data, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("Epoch 1/2") and "val_loss" in lines[0]
     assert "img/s" in lines[1]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_verbose_1_draws_a_bar_on_a_terminal(bar_data, monkeypatch):
+    (x, y), _ = bar_data
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     fit(small_cnn(0), x[:64], y[:64], epochs=1, verbose=1, seed=0)
+    err = terminal.getvalue()
+    assert "Epoch 1/1" in err and "2/2" in err and "loss" in err and "\r" in err
+
+
+def test_verbose_1_prints_one_line_per_epoch_when_stderr_is_no_terminal(bar_data, capsys):
+    """Issue 13, point 7: logs must not fill with the bar's carriage-return updates."""
+    (x, y), _ = bar_data
+    fit(small_cnn(0), x[:64], y[:64], epochs=3, batch_size=8, verbose=1, seed=0)
     err = capsys.readouterr().err
-    assert "Epoch 1/1" in err and "2/2" in err and "loss" in err
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert [line.split(" - ")[0] for line in lines] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert all("loss" in line and "acc" in line for line in lines)
 
 
 def test_history_round_trips_through_json(bar_data, tmp_path):

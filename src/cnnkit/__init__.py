@@ -12,6 +12,10 @@
 The engine (:mod:`cnnkit.ops`, :mod:`cnnkit.layers`, :mod:`cnnkit.models`, :mod:`cnnkit.io`) is imported
 with the package. The training loop, optimizers, data sets, explanations and pictures are imported on
 first use (``cnnkit.optim``, ``cnnkit.datasets``, ...), so ``cnnkit predict`` starts quickly.
+
+Importing cnnkit changes nothing in the process (no environment variable, BLAS, malloc or fork
+setting). The speed tuning the ``cnnkit`` command uses is an explicit choice: :mod:`cnnkit.runtime`
+(``cnnkit.runtime.tune()``, or ``with cnnkit.runtime.tuned(): ...`` for a block).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# _blas_spin first: it must run before anything imports NumPy (see its docstring)
-from . import _blas_spin, layers, models, ops  # noqa: F401
+# models: importing the floor that defines the containers registers them for load_model
+from . import layers, models, ops  # noqa: F401
+from ._version import __version__
 from .errors import (
     CnnkitError,
     ConfigError,
@@ -37,8 +42,6 @@ from .models import Sequential
 from .ops.conv import conv_output_size
 from .utils.random import set_seed
 
-__version__ = "0.1.0"
-
 #: Sub-packages imported lazily on first attribute access.
 _LAZY = {
     "data": "cnnkit.data",
@@ -47,6 +50,7 @@ _LAZY = {
     "training": "cnnkit.training",
     "explain": "cnnkit.explain",
     "viz": "cnnkit.viz",
+    "runtime": "cnnkit.runtime",
 }
 
 

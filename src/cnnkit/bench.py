@@ -92,12 +92,10 @@ def time_training_step(
     """Time ``steps`` training steps (after ``warmup`` untimed ones) on a fixed random batch.
 
     Returns ``{"batch_size", "steps", "median_s", "min_s", "images_per_s", "times_s", "loss"}``; the model
-    is trained in place (use a fresh model per measurement if the weights matter).
+    is trained in place (use a fresh model per measurement if the weights matter). The process runs as
+    it is: call :func:`cnnkit.runtime.tune` first to measure what the ``cnnkit`` command runs.
     """
-    from .utils.memory import keep_freed_memory
-
     _check_steps(steps, warmup)
-    keep_freed_memory()  # as fit does
     x, labels = _inputs(model, batch_size, seed)
     model.train()
     times, loss = [], float("nan")
@@ -184,10 +182,22 @@ def blas_info() -> str:
 
 
 def _openblas_spin() -> str:
-    """OpenBLAS's idle spin as set when it was loaded (see :mod:`cnnkit._blas_spin`)."""
-    import os
+    """OpenBLAS's idle spin as the loaded OpenBLAS read it (see :mod:`cnnkit.runtime`)."""
+    from .runtime import openblas_thread_timeout
 
-    return f", spin 2^{os.environ.get('OPENBLAS_THREAD_TIMEOUT', '28 (default)')} cycles"
+    value = openblas_thread_timeout()
+    if value is None:
+        return ""
+    return f", spin 2^{value if value > 0 else '28 (default)'} cycles"
+
+
+def _runtime_state() -> dict[str, Any]:
+    """Which :mod:`cnnkit.runtime` tunings were on."""
+    from dataclasses import asdict
+
+    from .runtime import state
+
+    return asdict(state())
 
 
 def environment() -> dict[str, Any]:
@@ -198,6 +208,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "blas": blas_info(),
+        "runtime": _runtime_state(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "platform": platform.platform(),

@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command (floor 6): ``cnnkit train | evaluate | predict | summary | explain | show | bench``.
+"""The ``cnnkit`` command (floor 9): ``cnnkit train | evaluate | predict | summary | explain | show | bench``.
 
 Each subcommand lives in its own module ``cnnkit/cli/<name>.py`` with a ``register(subparsers)`` function
 that adds its parser and sets ``func`` to a ``run(args) -> int`` callable. Modules import only
@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         parser.print_help()
         return 2
+    from .. import runtime
+
+    runtime.tune()  # the command owns its process: OpenBLAS's spin, malloc thresholds (cnnkit.runtime)
     try:
         return int(args.func(args) or 0)
     except CnnkitError as err:

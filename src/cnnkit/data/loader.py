@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError, DTypeError
-from ..utils.random import global_rng
+from ..utils.checks import check_int
+from ..utils.random import epoch_order, global_rng
 from .core import check_images_labels
 from .transforms import Normalize
 
@@ -76,9 +77,7 @@ def _accepts_rng(fn: Callable[..., Any]) -> bool:
 
 
 def _int_arg(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"DataLoader: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, "DataLoader", minimum)
 
 
 class DataLoader:
@@ -158,7 +157,7 @@ class DataLoader:
         n = self.num_samples
         if not self.shuffle:
             return np.arange(n)
-        return np.random.default_rng([self.seed, int(epoch), 0x5EED]).permutation(n)
+        return epoch_order(self.seed, epoch, n)
 
     def batch_indices(self, epoch: int) -> list[np.ndarray]:
         """The index arrays of the batches of ``epoch``."""

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError
+from ..utils.checks import check_int
 from .core import LabeledImages
 
 Sdf = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -92,8 +93,7 @@ def shapes(
     Returns :class:`~cnnkit.data.core.LabeledImages` ``(x, y, class_names)``; ``.split(test_size)``
     makes a stratified :class:`~cnnkit.data.core.Dataset`.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"shapes: n must be an int >= 1, got {n!r}")
+    check_int(n, "n", "shapes", 1)
     h, w = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
     if min(h, w) < 8:
         raise ConfigError(f"shapes: image_size must be at least 8 pixels, got {image_size!r}")

@@ -1,4 +1,4 @@
-"""Teaching traces of the notes' worked examples (floor 5): every number computed by cnnkit's ops.
+"""Teaching traces of the notes' worked examples (floor 8): every number computed by cnnkit's ops.
 
 Each function returns a result object whose fields hold the numbers (so they can be checked) and whose
 ``.text`` (or ``str()``) is a step-by-step explanation in the notes' own style:

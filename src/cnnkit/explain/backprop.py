@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..ops.activations import relu_backward, relu_forward
 from ..ops.conv import conv2d, conv2d_backward, conv2d_forward
 from ..ops.linear import flatten_backward, flatten_forward, linear_backward, linear_forward
 from ..ops.losses import cross_entropy_backward, cross_entropy_forward
 from ..ops.pool import max_pool2d_backward, max_pool2d_forward
+from ..utils.checks import check_number
 from ._format import Explanation, heading, matrix_lines, matrix_text, num, side_by_side, signed, wrap
 
 IMAGE = np.array(
@@ -300,9 +300,7 @@ def backprop(lr: float = 0.1) -> BackpropExplanation:
     >>> bool(abs(r.dkernel - r.dkernel_numeric).max() < 1e-6), r.loss_after < r.loss
     (True, True)
     """
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and np.isfinite(lr)):
-        raise ConfigError(f"explain.backprop: lr must be a positive number, got {lr!r}")
-    lr = float(lr)
+    lr = check_number(lr, "lr", "explain.backprop", low=0.0, low_open=True, kind="a positive number")
     x = IMAGE[None, None]
     fwd = _forward(x, KERNEL, CONV_BIAS, DENSE_W, DENSE_B, LABEL)
     conv_cache, relu_cache, pool_cache, flat_cache, lin_cache, ce_cache = fwd["caches"]

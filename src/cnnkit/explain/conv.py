@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ops.conv import conv2d, im2col
+from ..utils.checks import check_int
 from ._format import (
     Explanation,
     MatrixLike,
@@ -167,11 +168,7 @@ class ConvExplanation(Explanation):
 
 
 def _as_int(value: int, name: str, minimum: int) -> int:
-    from ..errors import ConfigError
-
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"explain.conv: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, "explain.conv", minimum)
 
 
 def conv(

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..ops.conv import conv2d
 from ..ops.conv import im2col as im2col_op
+from ..utils.checks import check_int
 from ._format import (
     Explanation,
     MatrixLike,
@@ -174,8 +174,7 @@ def im2col(
         ("stride", stride, 1),
         ("padding", padding, 0),
     ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ConfigError(f"explain.im2col: {name} must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, "explain.im2col", minimum)
     mat = EXERCISE2_IMAGE if matrix is None else parse_matrix(matrix, "matrix", "explain.im2col")
     if kernel is not None:
         ker = parse_matrix(kernel, "kernel", "explain.im2col")

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..ops.conv import im2col
 from ..ops.pool import avg_pool2d, max_pool2d, min_pool2d, pool_geometry
+from ..utils.checks import check_int
 from ._format import Explanation, MatrixLike, heading, inline_matrix, matrix_text, num, parse_matrix
 
 #: The notes' §4.2 input matrix.
@@ -142,8 +143,7 @@ def pool(
     if kind not in _OPS:
         raise ConfigError(f"explain.pool: kind must be one of 'max', 'avg', 'min', got {kind!r}")
     for name, value, minimum in (("padding", padding, 0), ("dilation", dilation, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ConfigError(f"explain.pool: {name} must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, "explain.pool", minimum)
     mat = NOTES_MATRIX if matrix is None else parse_matrix(matrix, "matrix", "explain.pool")
     x = mat[None, None]
     out = np.ascontiguousarray(_OPS[kind](x, size, stride, padding, dilation)[0, 0])

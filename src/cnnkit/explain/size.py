@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..errors import ConfigError
 from ..ops.conv import conv_output_size
+from ..utils.checks import check_int
 from ._format import Explanation, heading, num, plural, wrap
 
 
@@ -122,8 +122,7 @@ def size(input: int, kernel: int, padding: int = 0, stride: int = 1, dilation: i
         ("stride", stride, 1),
         ("dilation", dilation, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"explain.size: {name} must be an int >= {minimum}, got {value!r}")
+        check_int(value, name, "explain.size", minimum)
     output = conv_output_size(input, kernel, padding=padding, stride=stride, dilation=dilation)
     fe = dilation * (kernel - 1) + 1
     exact = Fraction(input - fe + 2 * padding, stride) + 1

@@ -1,4 +1,4 @@
-"""Safe model files (floor 4): the safetensors layout, and cnnkit models and checkpoints stored in it.
+"""Safe model files (floor 5): the safetensors layout, and cnnkit models and checkpoints stored in it.
 
 No pickle anywhere: tensors are raw little-endian bytes, everything else is JSON.
 """

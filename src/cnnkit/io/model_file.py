@@ -19,8 +19,11 @@ strings:
 =================  ===================================================================================
 
 Loading never unpickles and never imports: the architecture JSON can only name layer classes already
-registered by :class:`cnnkit.layers.base.Layer` (every cnnkit layer, and user subclasses once their module
-is imported), which are then called with keyword arguments from the JSON.
+registered by :class:`cnnkit.layers.base.Layer` (every cnnkit layer, and user subclasses, in their own
+``"<package>>Name"`` namespace, once their module is imported), which are then called with keyword
+arguments from the JSON. Registration happens on the floor that defines the classes: ``import cnnkit``
+imports :mod:`cnnkit.models`, whose containers register as they are defined; this module never imports
+the models.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import models as _models  # noqa: F401  (registers Sequential and the residual blocks)
 from ..errors import CnnkitError, ConfigError, FileFormatError
 from ..layers.base import Layer, from_config, layer_class, to_config
 from ..utils.random import global_rng
@@ -148,7 +150,7 @@ def save_model(
         raise ModelFileExistsError(
             f"save_model: {os.fspath(path)} already exists (pass overwrite=True to replace it)"
         )
-    from .. import __version__
+    from .._version import __version__
 
     tensors: dict[str, np.ndarray] = dict(model.state_dict())
     clash = [key for key in tensors if key.startswith(OPTIMIZER_PREFIX)]

@@ -1,4 +1,4 @@
-"""Stateful layers: parameters, lazy build from the input shape, forward and backward (floor 2)."""
+"""Stateful layers: parameters, lazy build from the input shape, forward and backward (floor 4)."""
 
 from .base import Layer
 

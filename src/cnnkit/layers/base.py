@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -30,15 +30,67 @@ from ..utils.random import child_seed, make_rng
 
 Shape = tuple[int, ...]
 
+#: Layer classes by registered name. cnnkit's own classes (defined in a ``cnnkit.`` module) use their
+#: bare class name (``"Dense"``); every other class is registered under ``"<package>>Name"`` (Keras's
+#: ``register_keras_serializable`` form), so a user's class can never take a built-in's place in
+#: :func:`from_config` and ``load_model``.
 _REGISTRY: dict[str, type[Layer]] = {}
 
 
+def _builtin(cls: type) -> bool:
+    return cls.__module__ == "cnnkit" or cls.__module__.startswith("cnnkit.")
+
+
+def _register(cls: type[Layer], package: str | None) -> str:
+    """Register ``cls`` and return its name (see :data:`_REGISTRY`)."""
+    if package is not None:
+        if not isinstance(package, str) or not package or ">" in package:
+            raise ConfigError(
+                f"{cls.__name__}: package must be a non-empty string without '>', got {package!r}"
+            )
+        name = f"{package}>{cls.__name__}"
+    elif _builtin(cls):
+        name = cls.__name__
+    else:
+        name = f"{cls.__module__}>{cls.__name__}"
+    known = _REGISTRY.get(name)
+    if (
+        known is not None
+        and known is not cls
+        and _builtin(known)
+        and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__)
+    ):
+        raise ConfigError(
+            f"{cls.__name__}: two cnnkit layer classes share the name {name!r} "
+            f"({known.__module__}.{known.__qualname__} and {cls.__module__}.{cls.__qualname__})"
+        )
+    _REGISTRY[name] = cls  # a user class redefined (a notebook cell run again) replaces its own entry
+    return name
+
+
 def layer_class(name: str) -> type[Layer]:
-    """Return the registered layer class called ``name`` (used to rebuild models from JSON)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown layer type {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    """Return the registered layer class called ``name`` (used to rebuild models from JSON).
+
+    A bare name is a cnnkit layer; a user's class is named ``"<package>>Name"`` (see :class:`Layer`).
+    A bare name that is no cnnkit layer but matches exactly one user class's name is that class (files
+    written before user classes had their own namespace).
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"a layer class name must be a string, got {name!r:.100}")
+    cls = _REGISTRY.get(name)
+    if cls is not None:
+        return cls
+    if ">" not in name:
+        matches = [c for key, c in _REGISTRY.items() if ">" in key and key.rsplit(">", 1)[1] == name]
+        if len(matches) == 1:
+            return matches[0]
+    known = sorted(k for k in _REGISTRY if ">" not in k)
+    users = sorted(k for k in _REGISTRY if ">" in k)
+    raise ConfigError(
+        f"unknown layer type {name!r:.100}; known: {', '.join(known)}"
+        + (f"; user classes: {', '.join(users)}" if users else "")
+        + ("" if ">" in name else " (a class of your own must be imported before loading)")
+    )
 
 
 def _snake(name: str) -> str:
@@ -48,13 +100,14 @@ def _snake(name: str) -> str:
 class Layer:
     """Base class of every layer and container."""
 
-    #: Registered under this name for model files; subclasses get their class name.
+    #: Registered under this name for model files: the class name for cnnkit's layers, and
+    #: ``"<package>>ClassName"`` for any other class, ``package`` being its module unless the class is
+    #: declared with ``class MyLayer(Layer, package="myproject")``.
     registry_name: ClassVar[str] = "Layer"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, package: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.registry_name = cls.__name__
-        _REGISTRY[cls.__name__] = cls
+        cls.registry_name = _register(cls, package)
 
     def __init__(self, *, name: str | None = None, seed: int | None = None, dtype: Any = np.float32) -> None:
         self.name = name or _snake(type(self).__name__)
@@ -275,3 +328,16 @@ def from_config(spec: dict[str, Any]) -> Layer:
     if not isinstance(spec, dict) or "class" not in spec:
         raise ConfigError(f"layer spec must be a dict with a 'class' key, got {spec!r:.200}")
     return layer_class(spec["class"]).from_config(dict(spec.get("config", {})))
+
+
+@runtime_checkable
+class LayerChain(Protocol):
+    """A container whose forward pass is its ``layers``' forward passes in order, and whose backward pass
+    is their backward passes in reverse (:class:`cnnkit.models.Sequential`).
+
+    The training floor reads a model through this protocol, never through the model classes: it runs
+    the chain without a final Softmax to train on logits (:mod:`cnnkit.training.head`). A container of
+    your own that is such a chain gets the same treatment by having a ``layers`` dict.
+    """
+
+    layers: dict[str, Layer]

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError, TrainingError
-from ..ops._args import check_int
 from ..ops.linear import linear_backward, linear_forward
+from ..utils.checks import check_int
 from .base import Layer, Shape
 from .init import uniform
 

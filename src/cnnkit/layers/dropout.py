@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, TrainingError
-from ..ops._args import is_int
+from ..utils.checks import is_int
 from ..ops.dropout import check_rate, dropout_backward, dropout_forward
 from .base import Layer
 

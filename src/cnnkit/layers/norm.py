@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError, TrainingError
+from ..errors import ShapeError, TrainingError
 from ..ops.norm import batch_norm_backward, batch_norm_forward
+from ..utils.checks import check_number
 from .base import Layer, Shape
 
 
@@ -35,11 +36,8 @@ class _BatchNorm:
         dtype: Any = np.float32,
     ) -> None:
         super().__init__(name=name, seed=seed, dtype=dtype)  # type: ignore[call-arg]
-        bad_momentum = isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating))
-        if bad_momentum or not 0.0 <= momentum <= 1.0:
-            raise ConfigError(f"{self.name}: momentum must be a number in [0, 1], got {momentum!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not 0.0 < eps <= 1.0:
-            raise ConfigError(f"{self.name}: eps must be a number in (0, 1], got {eps!r}")
+        check_number(momentum, "momentum", self.name, low=0.0, high=1.0)
+        check_number(eps, "eps", self.name, low=0.0, high=1.0, low_open=True)
         self.momentum = float(momentum)
         self.eps = float(eps)
         #: Sum over processes (SyncBatchNorm semantics, see :mod:`cnnkit.ops.norm`); set by distributed

@@ -1,4 +1,4 @@
-"""Models: Sequential, residual blocks, the zoo and the summary table (floor 3)."""
+"""Models: Sequential, residual blocks, the zoo and the summary table (floor 7)."""
 
 from .sequential import Sequential
 

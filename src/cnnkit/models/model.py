@@ -1,8 +1,9 @@
 """Keras-like model methods: fit, evaluate, predict, summary, save.
 
-The mixin only delegates: the training loop lives in :mod:`cnnkit.training`, the summary table in
-:mod:`cnnkit.models.summary` and the file format in :mod:`cnnkit.io`. Those floors sit above the models,
-so they are imported when a method is called, not when cnnkit is imported.
+The mixin only delegates, calling *down* (Keras 3's shape): the training loop lives in
+:mod:`cnnkit.training`, the summary table in :mod:`cnnkit.models.summary` and the file format in
+:mod:`cnnkit.io`, floors below the models (docs/architecture.md), which never import the model classes.
+They are imported when a method is called, so that ``import cnnkit`` stays quick.
 """
 
 from __future__ import annotations

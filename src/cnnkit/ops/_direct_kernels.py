@@ -31,7 +31,7 @@ step 25.1 -> 22.2 ms. The convolution alone is no faster than the GEMM for 32 fi
 with 64, ResNet's stem, 10.6 vs 6.6 ms), so only the fused block uses it: the gain is the unfold
 avoided and the pooling done in cache. The kernels take an image range and :mod:`._parallel` splits
 a batch across threads: §5's forward pass at batch 64 16.3 -> 13.3 ms, once OpenBLAS's idle workers
-stopped holding the second core (:mod:`cnnkit._blas_spin`; before that, two threads ran no faster
+stopped holding the second core (:func:`cnnkit.runtime.tune`; before that, two threads ran no faster
 inside a model).
 
 The sums run in a different order than the GEMM's, so the values agree with the im2col path to

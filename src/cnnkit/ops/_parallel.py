@@ -8,7 +8,7 @@ this thread and ``threads() - 1`` helpers, so a thread that gets less CPU simply
 A helper only gets a core when OpenBLAS's idle worker threads let it go: they spin after each GEMM for
 ``OPENBLAS_THREAD_TIMEOUT`` (2^28 cycles, about 0.1 s, by default) without yielding, so in a network,
 where GEMMs run every few milliseconds, the helper found no free core and the split ran no faster.
-``import cnnkit`` shortens that spin (see :mod:`cnnkit._blas_spin`). Measured on the 2-core project
+:func:`cnnkit.runtime.tune` (which the ``cnnkit`` command calls) shortens that spin. Measured on the 2-core project
 machine, alternating in one process: notes §5's forward pass at batch 64 16.3 -> 13.3 ms with the direct
 layer split; the pooling split gained 2-5% on LeNet-5's training step and nothing measurable on §5's.
 Splitting the Winograd transforms gained nothing (each runs for ~0.25 ms right after a GEMM, inside the
@@ -16,7 +16,8 @@ shortened spin), so they stay serial.
 
 Threads: every CPU this process may run on, or what :func:`set_threads` says (the CLI's
 ``--threads`` sets it together with the BLAS threads). The pool is made on first use and dropped in
-a forked child (its threads do not survive ``fork``).
+a forked child (its threads do not survive ``fork``); the fork hook that drops it is registered when the
+first pool is made, so importing this module changes nothing in the process.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["run_split", "set_threads", "threads"]
+__all__ = ["configured_threads", "run_split", "set_threads", "threads"]
 
 _threads: int | None = None  # None: every CPU this process may run on
 _pool: ThreadPoolExecutor | None = None
+_fork_hook = False
 
 
 def _cpus() -> int:
@@ -45,6 +47,11 @@ def _cpus() -> int:
 def threads() -> int:
     """Threads :func:`run_split` uses (this one included)."""
     return _threads if _threads is not None else _cpus()
+
+
+def configured_threads() -> int | None:
+    """What :func:`set_threads` last set (None: every available CPU)."""
+    return _threads
 
 
 def set_threads(count: int | None) -> None:
@@ -63,8 +70,12 @@ def _drop_pool_in_child() -> None:
     _pool = None
 
 
-if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
-    os.register_at_fork(after_in_child=_drop_pool_in_child)
+def _register_fork_hook() -> None:
+    """Drop the pool in a forked child; registered once, with the first pool."""
+    global _fork_hook
+    if not _fork_hook and hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+        os.register_at_fork(after_in_child=_drop_pool_in_child)
+    _fork_hook = True
 
 
 def run_split(kernel: Callable[..., Any], n: int, *args: Any, chunk: int | None = None) -> None:
@@ -91,6 +102,7 @@ def run_split(kernel: Callable[..., Any], n: int, *args: Any, chunk: int | None 
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor  # here: ~9 ms of start-up otherwise
 
+        _register_fork_hook()
         _pool = ThreadPoolExecutor(max_workers=threads() - 1, thread_name_prefix="cnnkit")
     futures = [_pool.submit(work) for _ in range(workers - 1)]
     try:

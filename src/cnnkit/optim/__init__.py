@@ -1,4 +1,4 @@
-"""Optimizers, learning-rate schedules and gradient clipping (floor 4).
+"""Optimizers, learning-rate schedules and gradient clipping (floor 5).
 
 ``opt = SGD(lr=0.1, momentum=0.9)`` then ``opt.step(model)`` after each backward pass; the update rules
 match ``torch.optim`` (notes section 7.3 for plain gradient descent).

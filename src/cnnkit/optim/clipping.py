@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..layers.base import Layer
+from ..utils.checks import check_number
 
 __all__ = ["clip_grad_norm", "global_grad_norm"]
 
@@ -49,8 +50,7 @@ def clip_grad_norm(model: Layer, max_norm: float) -> float:
     gradient, exactly as PyTorch does. If the norm is not finite the gradients are left unchanged (there is
     no meaningful direction to keep); check the returned value.
     """
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
-        raise ConfigError(f"clip_grad_norm: max_norm must be a number > 0, got {max_norm!r}")
+    check_number(max_norm, "max_norm", "clip_grad_norm", low=0.0, low_open=True)
     grads = _trainable_grads(model)
     total = _norm(grads)
     if not math.isfinite(total):

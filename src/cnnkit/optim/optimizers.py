@@ -23,7 +23,6 @@ to rounding:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -31,19 +30,16 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..layers.base import Layer
+from ..utils.checks import check_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "get_optimizer", "optimizer_from_state"]
 
 
 def _check_number(value: Any, name: str, owner: str, *, low: float = 0.0, high: float | None = None) -> float:
     """``float(value)``, checked to be finite and in ``[low, high)`` (``[low, inf)`` without ``high``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ConfigError(f"{owner}: {name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or (high is not None and value >= high):
-        interval = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ConfigError(f"{owner}: {name} must be {interval}, got {value!r}")
-    return value
+    checked = check_number(value, name, owner, low=low, high=high, high_open=True)
+    assert checked is not None
+    return checked
 
 
 class Optimizer:

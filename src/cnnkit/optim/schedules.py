@@ -21,20 +21,19 @@ import math
 from typing import Any
 
 from ..errors import ConfigError
+from ..utils.checks import check_int, check_number
 
 __all__ = ["Schedule", "StepLR", "CosineAnnealingLR", "ReduceLROnPlateau"]
 
 
 def _positive_int(value: Any, name: str, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{owner}: {name} must be an int >= 1, got {value!r}")
-    return int(value)
+    return check_int(value, name, owner, 1)
 
 
 def _non_negative(value: Any, name: str, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-        raise ConfigError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    checked = check_number(value, name, owner, low=0.0, kind="a finite number")
+    assert checked is not None
+    return checked
 
 
 class Schedule:
@@ -114,10 +113,8 @@ class ReduceLROnPlateau(Schedule):
         self.factor = _non_negative(factor, "factor", owner)
         if not self.factor < 1.0:
             raise ConfigError(f"{owner}: factor must be < 1 (the rate is multiplied by it), got {factor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ConfigError(f"{owner}: patience must be an int >= 0, got {patience!r}")
-        if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
-            raise ConfigError(f"{owner}: cooldown must be an int >= 0, got {cooldown!r}")
+        check_int(patience, "patience", owner, 0)
+        check_int(cooldown, "cooldown", owner, 0)
         if mode not in ("min", "max"):
             raise ConfigError(f"{owner}: mode must be 'min' or 'max', got {mode!r}")
         if threshold_mode not in ("rel", "abs"):

@@ -1,4 +1,4 @@
-"""Training (floor 4): ``fit``/``evaluate``/``predict``, callbacks, history and progress display.
+"""Training (floor 6): ``fit``/``evaluate``/``predict``, callbacks, history and progress display.
 
 ``model.fit(x, y, epochs=5, validation_split=0.1)`` calls :func:`fit` here; see its docstring for the
 training step (notes section 7), checkpoints and resuming. Optimizers and schedules live in
@@ -14,8 +14,10 @@ from .callbacks import (
     LearningRateScheduler,
     ModelCheckpoint,
 )
-from .fit import Trainer, evaluate, fit, predict
+from .fit import evaluate, fit, predict
 from .history import History
+from .progress import ProgressLogger
+from .trainer import NonFiniteError, Trainer
 
 __all__ = [
     "fit",
@@ -23,6 +25,8 @@ __all__ = [
     "predict",
     "History",
     "Trainer",
+    "NonFiniteError",
+    "ProgressLogger",
     "Callback",
     "CallbackList",
     "EarlyStopping",

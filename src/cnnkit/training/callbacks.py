@@ -36,10 +36,10 @@ import numpy as np
 from ..errors import ConfigError
 from ..optim.schedules import ReduceLROnPlateau, Schedule
 from ..utils.atomic import write_text_atomic
+from ..utils.checks import check_int, check_number
 
 if TYPE_CHECKING:
     from ..layers.base import Layer
-    from .fit import Trainer
 
 __all__ = [
     "Callback",
@@ -55,14 +55,22 @@ Logs = dict[str, Any]
 
 
 class Callback:
-    """Base class: every hook does nothing."""
+    """Base class: every hook does nothing.
+
+    ``chief_only = True`` marks a callback with side effects outside the process (files, output): it
+    runs only where the trainer's :attr:`~cnnkit.training.Trainer.is_chief` is True (always, unless a
+    distributed trainer says otherwise).
+    """
+
+    #: Run only on the chief process (writes files or prints); see the class docstring.
+    chief_only: bool = False
 
     def __init__(self) -> None:
-        self.trainer: Trainer | None = None
+        self.trainer: Any = None  # the cnnkit.training.Trainer running fit (not imported: it imports us)
         self.model: Layer | None = None
         self.params: dict[str, Any] = {}
 
-    def set_trainer(self, trainer: Trainer) -> None:
+    def set_trainer(self, trainer: Any) -> None:
         """Called by ``fit`` before ``on_train_begin``."""
         self.trainer = trainer
         self.model = trainer.model
@@ -112,21 +120,31 @@ class Callback:
 
 
 class CallbackList:
-    """Runs a list of callbacks in order."""
+    """Runs a list of callbacks in order; ``internal`` ones (``fit``'s progress display) run first and
+    hold no checkpoint state. On a trainer whose ``is_chief`` is False, ``chief_only`` callbacks do not
+    run (their checkpoint keys stay the same on every process)."""
 
-    def __init__(self, callbacks: list[Callback]) -> None:
+    def __init__(self, callbacks: list[Callback], internal: list[Callback] | None = None) -> None:
         self.callbacks = callbacks
+        self.internal = list(internal or [])
+        self._chief = True
 
     def __iter__(self):
         return iter(self.callbacks)
 
-    def set_trainer(self, trainer: Trainer) -> None:
-        for cb in self.callbacks:
+    def _active(self) -> list[Callback]:
+        every = [*self.internal, *self.callbacks]
+        return every if self._chief else [cb for cb in every if not cb.chief_only]
+
+    def set_trainer(self, trainer: Any) -> None:
+        """Give every callback the trainer (called by ``fit`` before ``on_train_begin``)."""
+        self._chief = bool(getattr(trainer, "is_chief", True))
+        for cb in self._active():
             cb.set_trainer(trainer)
 
     def call(self, hook: str, *args: Any) -> None:
-        """Call ``hook`` on every callback."""
-        for cb in self.callbacks:
+        """Call ``hook`` on every callback that runs here."""
+        for cb in self._active():
             getattr(cb, hook)(*args)
 
     def keys(self) -> list[str]:
@@ -192,11 +210,8 @@ class EarlyStopping(Callback):
     ) -> None:
         super().__init__()
         self.monitor = _check_monitor(monitor, "EarlyStopping")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ConfigError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
-            raise ConfigError(f"EarlyStopping: min_delta must be a number >= 0, got {min_delta!r}")
-        self.patience = patience
+        self.patience = check_int(patience, "patience", "EarlyStopping", 0)
+        check_number(min_delta, "min_delta", "EarlyStopping", low=0.0)
         self.min_delta = float(min_delta)
         self.mode = _resolve_mode(mode, self.monitor, "EarlyStopping")
         self.restore_best_weights = bool(restore_best_weights)
@@ -273,6 +288,8 @@ class ModelCheckpoint(Callback):
     continue from with ``resume_from=``. Files are written atomically.
     """
 
+    chief_only = True
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -332,6 +349,8 @@ class CSVLogger(Callback):
     earlier rows). When resuming, the rows of the epochs before the resume (from the history) are kept;
     with ``append=True`` the rows already in the file come first.
     """
+
+    chief_only = True
 
     def __init__(self, path: str | os.PathLike[str], separator: str = ",", append: bool = False) -> None:
         super().__init__()

@@ -288,9 +288,13 @@ class GradientReducer:
     frozen layer) contribute zeros.
     """
 
-    def __init__(self, model: Layer, comm: Communicator) -> None:
+    def __init__(
+        self, model: Layer, comm: Communicator, entries: list[tuple[Layer, str]] | None = None
+    ) -> None:
         self.comm = comm
-        self.entries = [(owner, key) for _, owner, key in model.named_parameters()]
+        if entries is None:
+            entries = [(owner, key) for _, owner, key in model.named_parameters()]
+        self.entries = entries
         self.dtype = model.dtype if hasattr(model, "dtype") else np.dtype(np.float32)
         sizes = [owner.params[key].size for owner, key in self.entries]
         self.bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CnnkitError, DataError, TrainingError
+from ..errors import CnnkitError, ConfigError, DataError, TrainingError
 from ..ops.losses import cross_entropy_backward, cross_entropy_forward
-from ..optim.clipping import clip_grad_norm, global_grad_norm
+from .data_adapters import ArrayAdapter, DataAdapter, LoaderAdapter, is_loader
 from .distributed import (
     Communicator,
     GradientReducer,
@@ -27,9 +27,11 @@ from .distributed import (
     share_of,
     skip_dropout_step,
 )
-from .fit import Trainer, _ArraySource, _check_batch, _inference_mode, _LoaderSource, _NonFinite, _top_k_hits
+from .head import LossHead, inference_mode, top_k_hits
+from .inputs import as_images, as_labels, check_batch, num_classes
+from .trainer import NonFiniteError, Trainer
 
-__all__ = ["DistributedTrainer", "AllRanksError"]
+__all__ = ["DistributedTrainer", "AllRanksError", "evaluate_shared", "choose_trainer"]
 
 
 class AllRanksError(TrainingError):
@@ -50,7 +52,7 @@ class _ShardedSource:
     of the whole batch (small), so metrics count the whole batch. ``self.start`` is the share's start.
     """
 
-    def __init__(self, inner: _ArraySource | _LoaderSource, rank: int, size: int) -> None:
+    def __init__(self, inner: DataAdapter, rank: int, size: int) -> None:
         self.inner, self.rank, self.size = inner, rank, size
         self.shares_checked = inner.checked  # shares of unchecked sources are checked in the step
         self.checked = True
@@ -67,7 +69,7 @@ class _ShardedSource:
 
     @seed.setter
     def seed(self, value: int) -> None:
-        if isinstance(self.inner, _ArraySource):
+        if isinstance(self.inner, ArrayAdapter):
             self.inner.seed = value
 
     def __len__(self) -> int:
@@ -75,7 +77,7 @@ class _ShardedSource:
 
     def batches(self, epoch: int) -> Iterator[tuple[Any, np.ndarray]]:
         inner = self.inner
-        if isinstance(inner, _ArraySource):
+        if isinstance(inner, ArrayAdapter):
             order = inner.order(epoch)
             n, bs = inner.num_samples, inner.batch_size
             for s in range(0, n, bs):
@@ -157,34 +159,43 @@ def _labels_of(loader: Any, idx: np.ndarray) -> np.ndarray:
 
 
 class DistributedTrainer(Trainer):
-    """A :class:`~cnnkit.training.fit.Trainer` whose step runs on every MPI process (module docstring)."""
+    """A :class:`~cnnkit.training.Trainer` whose step runs on every MPI process (see
+    :mod:`cnnkit.training.distributed`). ``fit`` picks it under ``mpiexec`` (or ``distributed="mpi"``).
+
+    Overrides: :attr:`is_chief` (rank 0), :meth:`epoch_batches` (this rank's share of each global batch),
+    :meth:`train_step` (forward on the share, one status sum, backward scaled by share / global batch,
+    the gradients summed in one flat buffer, then :meth:`apply_gradients`), :meth:`evaluate` (each rank
+    a part of the set, the sums combined), :meth:`resume` and :meth:`train` (same seed, weights and
+    setup everywhere; a failure on one rank stops all of them).
+    """
 
     def __init__(self, *args: Any, comm: Communicator | None = None, **kwargs: Any) -> None:
-        self._stop_local = False  # a Ctrl-C or SIGTERM this process received
-        self._stop_agreed = False  # known to every process (through a step's status sum)
-        super().__init__(*args, **kwargs)
+        self._stop_local: str | None = None  # a Ctrl-C or SIGTERM this process received
+        self._stop_agreed: str | None = None  # known to every process (through a step's status sum)
         self.comm = comm if comm is not None else Communicator()
-        self.is_chief = self.comm.rank == 0
+        super().__init__(*args, **kwargs)
         self.train_source = _ShardedSource(self.train_source, self.comm.rank, self.comm.size)
-        self.reducer = GradientReducer(self.model, self.comm)
+        self.reducer = GradientReducer(self.model, self.comm, [(o, k) for _, o, k in self.parameters()])
         self._inner_collectives = bool(attach_sync(self.model, None))
-        if not self.is_chief:
-            self.verbose = 0
-            self.checkpoint_path = None
+
+    @property
+    def is_chief(self) -> bool:
+        """Rank 0 shows progress and writes the files."""
+        return self.comm.rank == 0
 
     # A stop request is acted on only once every process knows of it, after the same step: the signal
     # handler's write goes to the local flag, the loop's reads see the agreed one.
     @property
-    def _sigint(self) -> bool:
+    def _stop_signal(self) -> str | None:
         return self._stop_agreed
 
-    @_sigint.setter
-    def _sigint(self, value: bool) -> None:
-        self._stop_local = bool(value)
+    @_stop_signal.setter
+    def _stop_signal(self, value: str | None) -> None:
+        self._stop_local = value
 
     # ------------------------------------------------------------------ set-up
-    def setup(self, data_parts: list[Any]) -> None:
-        """Same seed, same weights, same setup everywhere; raises ConfigError on every rank otherwise."""
+    def _setup(self) -> None:
+        """Same seed, same weights, same setup everywhere; ConfigError on every rank otherwise."""
         comm = self.comm
         self.seed = int(comm.bcast_json(int(self.seed)))
         self.params["seed"] = self.seed
@@ -197,109 +208,124 @@ class DistributedTrainer(Trainer):
                 "settings": fingerprint(
                     [settings, type(self.optimizer).__name__, self.optimizer.get_config()]
                 ),
-                "data": fingerprint(data_parts),
+                "data": fingerprint([*_data_parts(self.train_source.inner), *_data_parts(self.val_source)]),
             },
         )
         broadcast_model(self.model, comm)
 
-    def save_checkpoint(self, path: str) -> None:
-        if self.is_chief:
-            super().save_checkpoint(path)
+    def resume(self, path: str, optimizer_given: bool) -> None:
+        """Every rank reads the checkpoint (written with any number of processes); rank 0's wins."""
+        run_or_abort(self.comm, lambda: super(DistributedTrainer, self).resume(path, optimizer_given))
+
+    def train(self) -> Any:
+        def go() -> Any:
+            try:
+                self._setup()
+            except CnnkitError as err:
+                err.all_ranks = True  # type: ignore[attr-defined]
+                raise
+            return super(DistributedTrainer, self).train()
+
+        return run_or_abort(self.comm, go)
 
     # ------------------------------------------------------------------ the step
-    def _train_batch(self, epoch: int, batch: int, xb: Any, yb: np.ndarray, progress: Any) -> None:
-        self._share = (self.train_source.start, self.train_source.stop)
-        super()._train_batch(epoch, batch, xb, yb, progress)
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[Any, np.ndarray]]:
+        """This rank's images of each global batch, with the labels of the whole batch."""
+        return self.train_source.batches(epoch)
 
-    def _step(self, xb: Any, yb: np.ndarray) -> tuple[float, int]:
+    def train_step(self, xb: Any, yb: np.ndarray) -> tuple[float, int]:
+        """One step of the whole batch ``yb`` (labels), of which this rank holds the images ``xb``."""
         comm = self.comm
-        start, stop = self._share
-        n_batch = len(yb)
-        active = min(n_batch, comm.size)
-        sync = comm.sync_for(active) if stop > start or active < comm.size else None
+        start, stop = self.train_source.start, self.train_source.stop
+        active = min(len(yb), comm.size)
+        sync = comm.sync_for(active)  # collective the first time a short batch leaves ranks idle
         mine = stop > start
-        saved = [store[key].copy() for store, key in self._buffers]
+        self._saved_buffers = [store[key].copy() for store, key in self._buffers]
         failure = ""
-        loss_sum, hits, cache, logits = 0.0, 0, None, None
+        loss_sum, hits, cache = 0.0, 0, None
         self.reducer.clear()
-        if mine:
-            try:
-                attach_sync(self.model, sync)
-                set_sample_offset(self.model, start)
-                y_mine = yb[start:stop]
-                if not self.train_source.shares_checked:
-                    xb, y_mine = _check_batch(xb, y_mine, self.model, self.classes, "fit", "the DataLoader")
-                logits = self.head.logits(xb, True)
-                loss, cache = cross_entropy_forward(logits, y_mine)
-                loss_sum = loss * len(y_mine)
-                hits = _top_k_hits(logits, y_mine, 1)
-            except Exception as err:  # reported to every rank below
-                failure = f"{type(err).__name__}: {err}" if not isinstance(err, CnnkitError) else str(err)
-                failure = failure or repr(err)
-                if self._inner_collectives:
-                    # Other ranks may wait inside a batch-norm sum this rank will never reach: stop the job.
-                    _abort_with(comm, failure)
-        else:
-            skip_dropout_step(self.model)
-        status = comm.sum_small(
-            np.array(
-                [1.0 if failure else 0.0, stop - start, loss_sum, hits, 1.0 if self._stop_local else 0.0]
-            )
-        )
-        if status[0] > 0:
-            messages = comm.gather_text(failure)
-            rank = next(r for r, m in enumerate(messages) if m)
-            raise AllRanksError(f"fit: rank {rank} of {comm.size} failed: {messages[rank]}")
-        if status[4] > 0:
-            self._stop_agreed = True
-        total = int(round(status[1]))
-        loss_mean = float(status[2] / total)
         try:
+            if mine:
+                try:
+                    attach_sync(self.model, sync)
+                    set_sample_offset(self.model, start)
+                    y_mine = yb[start:stop]
+                    if not self.train_source.shares_checked:
+                        xb, y_mine = check_batch(
+                            xb, y_mine, self.model, self.classes, "fit", "the DataLoader"
+                        )
+                    logits = self.head.logits(xb, True)
+                    loss, cache = cross_entropy_forward(logits, y_mine)
+                    loss_sum = loss * len(y_mine)
+                    hits = top_k_hits(logits, y_mine, 1)
+                except Exception as err:  # reported to every rank below
+                    failure = str(err) if isinstance(err, CnnkitError) else f"{type(err).__name__}: {err}"
+                    failure = failure or repr(err)
+                    if self._inner_collectives:
+                        # Other ranks may wait inside a batch-norm sum this rank will never reach.
+                        _abort_with(comm, failure)
+            else:
+                skip_dropout_step(self.model)
+            status = comm.sum_small(
+                np.array(
+                    [1.0 if failure else 0.0, stop - start, loss_sum, hits, 1.0 if self._stop_local else 0.0]
+                )
+            )
+            if status[0] > 0:
+                messages = comm.gather_text(failure)
+                rank = next(r for r, m in enumerate(messages) if m)
+                self._restore_buffers()
+                raise AllRanksError(f"fit: rank {rank} of {comm.size} failed: {messages[rank]}")
+            if status[4] > 0 and self._stop_agreed is None:
+                self._stop_agreed = self._stop_local or "a stop request on another process"
+                if self.is_chief:
+                    print(f"\nfit: {self._stop_agreed}: every process stops after this step", file=sys.stderr)
+            total = int(round(status[1]))
+            loss_mean = float(status[2] / total)
             if not math.isfinite(loss_mean):
-                raise _NonFinite("loss", loss_mean)
+                self._restore_buffers()
+                raise NonFiniteError("loss", loss_mean)
             if mine:
                 assert cache is not None
-                # d(sum of my losses / B) / dlogits; the sum over ranks is d(mean loss of the batch)
+                # d(sum of my losses / B) / dlogits; summed over the ranks: d(mean loss of the batch)
                 self.head.backward(cross_entropy_backward((stop - start) / total, cache))
             self.reducer.reduce(have_grads=mine)
-            if self.clip_norm is not None:
-                norm = clip_grad_norm(self.model, self.clip_norm)
-            else:
-                norm = global_grad_norm(self.model)
-            if not math.isfinite(norm):
-                raise _NonFinite("gradient norm", norm)
-        except _NonFinite:
-            for (store, key), value in zip(self._buffers, saved, strict=True):
-                store[key][...] = value
-            raise
         finally:
             attach_sync(self.model, None)
         if active < comm.size:
             broadcast_buffers(self.model, comm)  # the idle ranks' running statistics did not move
-        self.optimizer.step(self.model)
-        return loss_mean, int(round(status[3]))
+        self.apply_gradients()  # the same clipping, check and update on every rank
+        return float(status[2]), int(round(status[3]))
 
     # ------------------------------------------------------------------ validation
-    def _validate(self) -> dict[str, float]:
-        """Mean loss and accuracy over the whole validation set, each rank measuring a contiguous part."""
-        source = self.val_source
-        comm = self.comm
-        sums = np.zeros(3)
-        with _inference_mode(self.model):
-            for xb, yb in _val_share(source, comm.rank, comm.size):
-                if not source.checked:
-                    xb, yb = _check_batch(xb, yb, self.model, self.classes, "fit", "validation_data")
-                logits = self.head.logits(xb, False)
-                loss, _ = cross_entropy_forward(logits, yb)
-                sums += (loss * len(yb), len(yb), _top_k_hits(logits, yb, 1))
-        total = comm.sum_small(sums)
-        if total[1] == 0:
-            raise DataError("fit: validation_data yielded no samples")
-        return {"loss": float(total[0] / total[1]), "accuracy": float(total[2] / total[1])}
+    def evaluate(self, data: DataAdapter) -> dict[str, float]:
+        """Mean loss and accuracy over the whole of ``data``, each rank measuring a part."""
+        return _evaluate_parts(self.model, self.head, data, self.classes, self.comm, "fit", "validation_data")
+
+
+def _evaluate_parts(
+    model: Any, head: LossHead, source: DataAdapter, classes: int, comm: Communicator, op: str, where: str
+) -> dict[str, float]:
+    sums = np.zeros(3)
+    with inference_mode(model):
+        for xb, yb in _val_share(source, comm.rank, comm.size):
+            if not source.checked:
+                xb, yb = check_batch(xb, yb, model, classes, op, where)
+            logits = head.logits(xb, False)
+            loss, _ = cross_entropy_forward(logits, yb)
+            sums += (loss * len(yb), len(yb), top_k_hits(logits, yb, 1))
+    total = comm.sum_small(sums)
+    if total[1] == 0:
+        raise DataError(f"{op}: {where} yielded no samples")
+    return {
+        "loss": float(total[0] / total[1]),
+        "accuracy": float(total[2] / total[1]),
+        "samples": int(total[1]),
+    }
 
 
 def _val_share(source: Any, rank: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if isinstance(source, _ArraySource):
+    if isinstance(source, ArrayAdapter):
         a, b = share_of(source.num_samples, rank, size)
         for s in range(a, b, source.batch_size):
             e = min(s + source.batch_size, b)
@@ -325,28 +351,17 @@ def evaluate_shared(model: Any, data: Any, comm: Communicator | None = None) -> 
     ``data``: a DataLoader or an ``(x, y)`` pair. Each rank measures a part (a contiguous range of an
     array, every ``size``-th batch of a loader); the sums of losses, hits and samples are combined.
     """
-    from .fit import _as_images, _as_labels, _Head, _is_loader, _num_classes
-
     comm = comm if comm is not None else Communicator()
-    if _is_loader(data):
-        source: Any = _LoaderSource(data)
+    if is_loader(data):
+        source: Any = LoaderAdapter(data)
     else:
-        x = _as_images(data[0], "evaluate", "x")
-        source = _ArraySource(x, _as_labels(data[1], len(x), "evaluate", "y"), 256, False, 0)
-    classes = _num_classes(model, "evaluate")
-    head = _Head(model)
-    sums = np.zeros(3)
-    with _inference_mode(model):
-        for xb, yb in _val_share(source, comm.rank, comm.size):
-            if not source.checked:
-                xb, yb = _check_batch(xb, yb, model, classes, "evaluate", "the DataLoader")
-            logits = head.logits(xb, False)
-            loss, _ = cross_entropy_forward(logits, yb)
-            sums += (loss * len(yb), len(yb), _top_k_hits(logits, yb, 1))
-    total = comm.sum_small(sums)
-    if total[1] == 0:
-        raise DataError("evaluate: the data yielded no samples")
-    return {"loss": float(total[0] / total[1]), "accuracy": float(total[2] / total[1])}
+        x = as_images(data[0], "evaluate", "x")
+        source = ArrayAdapter(x, as_labels(data[1], len(x), "evaluate", "y"), 256, False, 0)
+    out = _evaluate_parts(
+        model, LossHead(model), source, num_classes(model, "evaluate"), comm, "evaluate", "x"
+    )
+    del out["samples"]
+    return out
 
 
 def _abort_with(comm: Communicator, message: str) -> None:
@@ -379,7 +394,7 @@ def _data_parts(source: Any) -> list[Any]:
     """What identifies a data source cheaply: sizes, labels, and up to 1024 evenly spaced images."""
     if source is None:
         return [None]
-    if isinstance(source, _ArraySource):
+    if isinstance(source, ArrayAdapter):
         x = source.x
         step = max(1, len(x) // 1024)
         parts: list[Any] = [list(x.shape), str(x.dtype), x[::step]]
@@ -400,26 +415,39 @@ def _data_parts(source: Any) -> list[Any]:
     return parts
 
 
-def run_distributed(
-    trainer: DistributedTrainer,
-    comm: Communicator,
-    resume_from: Any,
-    optimizer_given: bool,
-    train: Any,
-    val: Any,
-) -> Any:
-    """Set up, resume and train on every rank; see :func:`cnnkit.training.fit`."""
-    from .fit import _no_input_grad
+def choose_trainer(
+    distributed: Any, trainer_class: type[Trainer], batch_size: Any, op: str = "fit"
+) -> type[Trainer]:
+    """The trainer class ``fit`` runs: ``trainer_class``, or :class:`DistributedTrainer` on several processes.
 
-    def go() -> Any:
-        if resume_from is not None:
-            trainer.resume(str(resume_from), optimizer_given)
-        try:
-            trainer.setup([*_data_parts(train), *_data_parts(val)])
-        except CnnkitError as err:
-            err.all_ranks = True  # type: ignore[attr-defined]
-            raise
-        with _no_input_grad(trainer.model):
-            return trainer.train()
+    ``distributed``: ``"mpi"`` (or True) insists on MPI, None uses it when launched by ``mpiexec`` with
+    more than one process, False never does. Raises ConfigError for a global batch smaller than the
+    number of processes, and for a ``trainer_class`` that does not derive from DistributedTrainer.
+    """
+    from .distributed import Communicator as _Comm
+    from .distributed import launched_world_size
 
-    return run_or_abort(comm, go)
+    if distributed is False:
+        return trainer_class
+    if distributed is None:
+        launched = launched_world_size()
+        if launched is None or launched == 1:
+            return trainer_class
+    elif distributed not in ("mpi", True):
+        raise ConfigError(f"{op}: distributed must be 'mpi', None (automatic) or False, got {distributed!r}")
+    size = _Comm().size
+    if size == 1:
+        return trainer_class
+    if isinstance(batch_size, int) and batch_size < size:
+        raise ConfigError(
+            f"{op}: the global batch size {batch_size} is smaller than the {size} processes; "
+            f"use a batch of at least {size} (batch_size is split among the processes)"
+        )
+    if issubclass(trainer_class, DistributedTrainer):
+        return trainer_class
+    if trainer_class is not Trainer:
+        raise ConfigError(
+            f"{op}: on {size} MPI processes trainer_class must derive from DistributedTrainer, got "
+            f"{trainer_class.__name__}; or pass distributed=False to train on each process alone"
+        )
+    return DistributedTrainer

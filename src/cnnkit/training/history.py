@@ -9,8 +9,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..utils.atomic import write_text_atomic
+from .callbacks import Callback
 
-__all__ = ["History"]
+__all__ = ["History", "HistoryRecorder"]
 
 
 class History:
@@ -84,3 +85,12 @@ class History:
         last = ", ".join(f"{k}={v:.4g}" for k, v in self.last().items())
         flag = ", interrupted" if self.interrupted else ""
         return f"History({len(self)} epochs{flag}; last: {last})"
+
+
+class HistoryRecorder(Callback):
+    """Appends each epoch's metrics to the trainer's :class:`History` (Keras's History callback); ``fit``
+    runs it before the user's callbacks, so they see the epoch in ``trainer.history``."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.trainer is not None and logs is not None:
+            self.trainer.history.append(epoch, logs)

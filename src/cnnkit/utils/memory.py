@@ -8,7 +8,8 @@ throughput swings between processes. :func:`keep_freed_memory` fixes both thresh
 blocks stay in the heap and the next step reuses them (page faults to 0, 10-20% faster; see
 the project's measured speed notes, point 3; see ``benchmarks/README.md``).
 
-The setting is process-wide: it affects every allocation of the process (NumPy, other libraries), and
+Nothing in cnnkit calls it on its own: :func:`cnnkit.runtime.tune` does (the ``cnnkit`` command turns
+that on; a Python program chooses it). The setting is process-wide: it affects every allocation of the process (NumPy, other libraries), and
 memory a step freed is kept for reuse instead of being returned to the system, so the resident size stays
 near the peak of a step. Peak memory does not grow. It is a no-op where glibc's ``mallopt`` is not
 available (macOS, Windows, musl).
@@ -16,11 +17,9 @@ available (macOS, Windows, musl).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["freed_memory_kept", "keep_freed_memory"]
 
 #: glibc's ``mallopt`` parameter numbers (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -45,6 +44,9 @@ def keep_freed_memory() -> bool:
     _done = False
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here: only a program that asks for the tuning loads it
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -55,3 +57,8 @@ def keep_freed_memory() -> bool:
     ok = mallopt(M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
     _done = bool(ok)
     return _done
+
+
+def freed_memory_kept() -> bool:
+    """True when :func:`keep_freed_memory` has set the thresholds in this process."""
+    return bool(_done)

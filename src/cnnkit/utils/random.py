@@ -34,3 +34,12 @@ def child_seed(seed: int, key: str) -> int:
     return int(
         np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())]).generate_state(1)[0]
     )
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits ``n`` samples: a permutation drawn from ``(seed, epoch)``.
+
+    The one shuffling recipe of cnnkit: :class:`cnnkit.data.DataLoader` and ``fit`` on arrays both use
+    it, so the same seed visits the samples in the same order whichever way the data comes.
+    """
+    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(int(n))

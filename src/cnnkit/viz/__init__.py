@@ -1,4 +1,4 @@
-"""PNG pictures for learning and for checking a training run (floor 5): filters, feature maps, training
+"""PNG pictures for learning and for checking a training run (floor 8): filters, feature maps, training
 curves, confusion matrices.
 
 matplotlib is optional (``pip install cnnkit[viz]``): it is imported only when a picture is made, and a

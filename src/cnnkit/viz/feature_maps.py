@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..layers.base import Layer
+from ..utils.checks import check_int
 from ._mpl import new_figure, save_png
 
 #: Label prefix of the map axes: ``"map:<layer name>"`` (``"map:input"`` for the input row).
@@ -106,8 +107,7 @@ def _hwc(shape: tuple[int, ...]) -> str:
 
 def feature_maps_figure(model: Layer, image: Any, max_maps: int = 16) -> Any:
     """The Figure of :func:`plot_feature_maps`; map axes are labelled ``"map:<layer name>"``."""
-    if isinstance(max_maps, bool) or not isinstance(max_maps, int) or max_maps < 1:
-        raise ConfigError(f"plot_feature_maps: max_maps must be an int >= 1, got {max_maps!r}")
+    check_int(max_maps, "max_maps", "plot_feature_maps", 1)
     x = _prepare(model, image)[0].astype(np.float64)
     rows = feature_maps(model, x)
     ncols = min(max_maps, max(out.shape[0] for _, _, out in rows))

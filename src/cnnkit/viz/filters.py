@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..layers.base import Layer
+from ..utils.checks import check_int
 from ._mpl import new_figure, save_png
 
 #: Panel label of a filter's axes (tests and callers count panels by it).
@@ -64,8 +65,7 @@ def _normalise(img: np.ndarray) -> np.ndarray:
 def filters_figure(model: Layer, layer: str | int | None = None, max_filters: int = 64) -> Any:
     """The Figure of :func:`plot_filters` (one axes per filter, labelled :data:`PANEL`)."""
     name, conv = _pick_layer(model, layer)
-    if isinstance(max_filters, bool) or not isinstance(max_filters, int) or max_filters < 1:
-        raise ConfigError(f"plot_filters: max_filters must be an int >= 1, got {max_filters!r}")
+    check_int(max_filters, "max_filters", "plot_filters", 1)
     weight = np.asarray(conv.params["weight"], dtype=np.float64)
     f, c, kh, kw = weight.shape
     n = min(f, max_filters)
