@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, TrainingError
-from ..utils.checks import is_int
 from ..ops.dropout import check_rate, dropout_backward, dropout_forward
+from ..utils.checks import is_int
 from .base import Layer
 
 _STATE_KIND = "cnnkit.keyed_dropout"
