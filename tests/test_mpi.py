@@ -228,3 +228,28 @@ def test_cli_train_on_2_processes_writes_what_one_process_writes(tmp_path, monke
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["final"]["accuracy"] == pytest.approx(one["final"]["accuracy"], abs=1e-12)
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
+
+
+# The smallest input each zoo model accepts (AlexNet's stride-4 stem needs 64, VGG's five poolings 32).
+ZOO_SIZES = {"alexnet": 64, "lenet5": 16}
+
+
+@pytest.mark.slow
+def test_every_zoo_model_one_step_on_3_processes(tmp_path, monkeypatch):
+    """Every zoo model at a small input, one SGD step of a global batch of 7 split 3 + 2 + 2 (uneven):
+    float32 weights within 1e-4 (relative to each tensor's largest value) of one process's."""
+    from cnnkit.models import zoo
+
+    sweep = [
+        [name, ZOO_SIZES.get(name, 8 if name.startswith(("resnet", "simple", "cats")) else 32)]
+        for name in zoo.names()
+    ]
+    job = {"sweep": sweep, "samples": 7, "batch_size": 7, "lr": 0.01, "out": str(tmp_path / "n3")}
+    proc = mpirun(3, job, tmp_path, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = {}
+    for name, size in sweep:
+        one = str(tmp_path / f"one-{name}.npz")
+        one_process(dict(job, model=name, input_shape=[3, size, size], out=one), monkeypatch)
+        worst[name] = rel_diff(one, str(tmp_path / f"n3-{name}.npz"))
+    assert max(worst.values()) < 1e-4, worst

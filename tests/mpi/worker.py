@@ -29,7 +29,12 @@ def build(name: str, classes: int, shape: tuple[int, ...], seed: int | None, dty
 
 
 def main() -> None:
-    run(json.loads(open(sys.argv[1]).read()))
+    job = json.loads(open(sys.argv[1]).read())
+    if "sweep" in job:  # several models in one launch (the start-up is most of a small job's time)
+        for name, size in job["sweep"]:
+            run(dict(job, model=name, input_shape=[3, size, size], out=f"{job['out']}-{name}.npz"))
+    else:
+        run(job)
 
 
 def run(job: dict) -> None:
