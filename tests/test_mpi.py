@@ -230,26 +230,47 @@ def test_cli_train_on_2_processes_writes_what_one_process_writes(tmp_path, monke
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
 
 
-# The smallest input each zoo model accepts (AlexNet's stride-4 stem needs 64, VGG's five poolings 32).
-ZOO_SIZES = {"alexnet": 64, "lenet5": 16}
+def rel_diff_global(a_path: str, b_path: str) -> float:
+    """``||a - b|| / ||a||`` over every parameter and buffer of the model taken together (float64)."""
+    a, b = np.load(a_path), np.load(b_path)
+    num = sum(float(np.sum((a[k].astype(np.float64) - b[k]) ** 2)) for k in a)
+    den = sum(float(np.sum(a[k].astype(np.float64) ** 2)) for k in a)
+    return (num / den) ** 0.5
+
+
+def _sweep_size(name: str) -> int:
+    """A small input that still leaves every batch-norm layer more than one value per sample."""
+    if name == "alexnet":
+        return 64  # its stride-4 stem and three poolings
+    if name.startswith("resnet"):
+        return 16 if name.endswith("_small") else 32
+    return 16 if name == "lenet5" else 32 if name.startswith("vgg") else 8
 
 
 @pytest.mark.slow
-def test_every_zoo_model_one_step_on_3_processes(tmp_path, monkeypatch):
-    """Every zoo model at a small input, one SGD step of a global batch of 7 split 3 + 2 + 2 (uneven):
-    float32 weights within 1e-4 (relative to each tensor's largest value) of one process's."""
+def test_every_zoo_model_one_step_on_2_processes(tmp_path, monkeypatch):
+    """Every zoo model at a small input, one SGD step of a global batch of 7 split 4 + 3 (uneven): the
+    float32 weights within 1e-4 of one process's, as ``||w_2 - w_1|| / ||w_1||`` over the whole model.
+
+    Not per tensor: a batch-norm bias after one step is a sum of gradients that nearly cancel, at
+    float32's noise level (one process in float32 and in float64 differ by 0.13 of such a tensor's largest
+    value in resnet50_small); float64 holds those to 1e-9 too (other tests). Two processes, not three:
+    the ImageNet VGGs need about 2 GB a process (weights, gradients, the flat buffer, momentum).
+    """
+    import gc
+
     from cnnkit.models import zoo
 
-    sweep = [
-        [name, ZOO_SIZES.get(name, 8 if name.startswith(("resnet", "simple", "cats")) else 32)]
-        for name in zoo.names()
-    ]
-    job = {"sweep": sweep, "samples": 7, "batch_size": 7, "lr": 0.01, "out": str(tmp_path / "n3")}
-    proc = mpirun(3, job, tmp_path, timeout=3000)
+    sweep = [[name, _sweep_size(name)] for name in zoo.names()]
+    job = {"sweep": sweep, "samples": 7, "batch_size": 7, "lr": 0.01, "out": str(tmp_path / "n2")}
+    proc = mpirun(2, job, tmp_path, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
     worst = {}
     for name, size in sweep:
         one = str(tmp_path / f"one-{name}.npz")
         one_process(dict(job, model=name, input_shape=[3, size, size], out=one), monkeypatch)
-        worst[name] = rel_diff(one, str(tmp_path / f"n3-{name}.npz"))
+        worst[name] = rel_diff_global(one, str(tmp_path / f"n2-{name}.npz"))
+        for path in (Path(one), tmp_path / f"n2-{name}.npz"):  # the ImageNet VGGs' are 0.5 GB each
+            path.unlink()
+        gc.collect()
     assert max(worst.values()) < 1e-4, worst

@@ -31,8 +31,11 @@ def build(name: str, classes: int, shape: tuple[int, ...], seed: int | None, dty
 def main() -> None:
     job = json.loads(open(sys.argv[1]).read())
     if "sweep" in job:  # several models in one launch (the start-up is most of a small job's time)
+        import gc
+
         for name, size in job["sweep"]:
             run(dict(job, model=name, input_shape=[3, size, size], out=f"{job['out']}-{name}.npz"))
+            gc.collect()  # the ImageNet VGGs hold 0.5 GB of weights each
     else:
         run(job)
 

@@ -38,13 +38,6 @@ class AllRanksError(TrainingError):
     """A failure every rank knows of and raises together (no rank is left waiting)."""
 
 
-class _Share:
-    """One step's work on this rank: its images, the batch's labels, and where its share starts."""
-
-    def __init__(self, x: np.ndarray | None, y: np.ndarray, start: int, stop: int) -> None:
-        self.x, self.y, self.start, self.stop = x, y, start, stop
-
-
 class _ShardedSource:
     """Batches of the global order (as one process would make them), cut to this rank's share.
 
@@ -58,6 +51,9 @@ class _ShardedSource:
         self.checked = True
         self.start = 0
         self.stop = 0
+        #: the labels of the images this rank loaded (None: the batch's labels [start:stop]); shorter than
+        #: the share when a lazy folder skipped unreadable files
+        self.share_labels: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int | None:
@@ -95,7 +91,7 @@ class _ShardedSource:
                 loader.set_epoch(epoch)
             for number, idx in enumerate(loader.batch_indices(epoch)):
                 a, b = share_of(len(idx), self.rank, self.size)
-                self.start, self.stop = a, b
+                self.start, self.stop, self.share_labels = a, b, None
                 labels = _labels_of(loader, idx)
                 if b > a:
                     made = _load_share(loader, epoch, number, idx, a, b)
@@ -103,6 +99,7 @@ class _ShardedSource:
                         raise DataError(
                             f"fit: every file of batch {number + 1}'s share on rank {self.rank} was unreadable"
                         )
+                    self.share_labels = np.asarray(made[1], dtype=np.int64)
                     yield made[0], labels
                 else:
                     yield None, labels
@@ -242,14 +239,16 @@ class DistributedTrainer(Trainer):
         mine = stop > start
         self._saved_buffers = [store[key].copy() for store, key in self._buffers]
         failure = ""
-        loss_sum, hits, cache = 0.0, 0, None
+        loss_sum, hits, cache, n_mine = 0.0, 0, None, 0
         self.reducer.clear()
         try:
             if mine:
                 try:
                     attach_sync(self.model, sync)
                     set_sample_offset(self.model, start)
-                    y_mine = yb[start:stop]
+                    shared = self.train_source.share_labels
+                    y_mine = yb[start:stop] if shared is None else shared
+                    n_mine = len(y_mine)
                     if not self.train_source.shares_checked:
                         xb, y_mine = check_batch(
                             xb, y_mine, self.model, self.classes, "fit", "the DataLoader"
@@ -267,9 +266,7 @@ class DistributedTrainer(Trainer):
             else:
                 skip_dropout_step(self.model)
             status = comm.sum_small(
-                np.array(
-                    [1.0 if failure else 0.0, stop - start, loss_sum, hits, 1.0 if self._stop_local else 0.0]
-                )
+                np.array([1.0 if failure else 0.0, n_mine, loss_sum, hits, 1.0 if self._stop_local else 0.0])
             )
             if status[0] > 0:
                 messages = comm.gather_text(failure)
@@ -288,7 +285,7 @@ class DistributedTrainer(Trainer):
             if mine:
                 assert cache is not None
                 # d(sum of my losses / B) / dlogits; summed over the ranks: d(mean loss of the batch)
-                self.head.backward(cross_entropy_backward((stop - start) / total, cache))
+                self.head.backward(cross_entropy_backward(n_mine / total, cache))
             self.reducer.reduce(have_grads=mine)
         finally:
             attach_sync(self.model, None)
