@@ -20,17 +20,25 @@ was started by ``mpiexec`` with more than one process) trains one model on ``N``
 So with the same seed, ``N`` processes and one process hold the same weights after every step, up to
 the rounding of sums taken in another order (a float32 GEMM over 32 samples and two over 16 round
 differently). Sums over the processes are formed so that every process gets the *same* bits: the small
-ones are gathered and added in rank order; the gradient buffer is summed by ``MPI_Allreduce`` for two
-processes (``a + b == b + a`` exactly) and by a reduction to rank 0 and a broadcast for more (an
-allreduce's tree may round differently on different ranks).
+ones are gathered and added in rank order (up to 8 processes; reduced to rank 0 and broadcast beyond);
+the gradient buffer is summed by ``MPI_Allreduce`` for two processes (``a + b == b + a`` exactly) and by
+a reduction to rank 0 and a broadcast for more (an allreduce's tree may round differently on different
+ranks).
+
+A batch with fewer samples than processes (the last of an epoch) leaves the last ranks idle for that
+step: batch-norm statistics are then summed over the active ranks only (a communicator split once per
+such size), idle ranks contribute zero gradients, count the step in their dropout layers, and take rank
+0's batch-norm running statistics afterwards.
 
 Rank 0 (``is_chief``) alone prints, writes checkpoints and runs file-writing callbacks; validation is
 shared among the processes and its sums combined, so every process sees the same metrics.
 
-Faults: an exception inside a step on any process is reported at the step's status sum; every process
-then raises :class:`~cnnkit.errors.TrainingError` with that rank's message (so ``mpiexec`` exits
-non-zero, and nobody waits forever). Any other uncaught exception is printed with its rank and the job
-is stopped with ``MPI_Abort``. Ctrl-C or SIGTERM on any process stops all of them after the same step.
+Faults: an exception inside a step's forward pass on any process is reported at the step's status sum;
+every process then raises :class:`~cnnkit.errors.TrainingError` with that rank's message (so ``mpiexec``
+exits non-zero, and nobody waits forever). In a model with batch norm (whose other ranks may be waiting
+inside a statistics sum), and for any other uncaught exception, the rank prints its message and stops the
+job with ``MPI_Abort``. Ctrl-C or SIGTERM on any process stops all of them after the same step. The
+training side lives in :mod:`cnnkit.training.distributed_trainer`; this module holds the MPI pieces.
 """
 
 from __future__ import annotations
