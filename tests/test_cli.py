@@ -135,7 +135,7 @@ def test_train_writes_curves_png(trained: dict) -> None:
 def test_train_refuses_to_overwrite_without_force(trained: dict, image_root: Path) -> None:
     before = {p.name: p.read_bytes() for p in trained["out"].iterdir()}
     rc, _, err = run_cli("train", "--data", image_root, "--image-size", "28", "--out", trained["out"])
-    assert rc == 1
+    assert rc == 2
     assert "already exist" in err and "--force" in err and "model.cnnkit" in err
     assert {p.name: p.read_bytes() for p in trained["out"].iterdir()} == before
 
@@ -178,23 +178,23 @@ def test_train_without_matplotlib_skips_the_png(
 
 def test_train_strict_fails_on_the_corrupt_file(image_root: Path, tmp_path: Path) -> None:
     rc, _, err = run_cli("train", "--data", image_root, "--strict", "--out", tmp_path / "x")
-    assert rc == 1
+    assert rc == 2
     assert "broken.png" in err
     assert not (tmp_path / "x" / "model.cnnkit").exists()
 
 
 def test_train_errors_are_clear(image_root: Path, tmp_path: Path) -> None:
     rc, _, err = run_cli("train", "--data", tmp_path / "missing", "--out", tmp_path / "o")
-    assert rc == 1 and "data folder not found" in err and "missing" in err
+    assert rc == 2 and "data folder not found" in err and "missing" in err
 
     rc, _, err = run_cli("train", "--model", "lenet9", "--data", image_root, "--out", tmp_path / "o")
-    assert rc == 1 and "unknown model 'lenet9'" in err and "lenet5" in err and "resnet18_small" in err
+    assert rc == 2 and "unknown model 'lenet9'" in err and "lenet5" in err and "resnet18_small" in err
 
     rc, _, err = run_cli("train", "--data", image_root, "--image-size", "8", "--out", tmp_path / "o")
-    assert rc == 1 and "lenet5" in err and "1x8x8" in err
+    assert rc == 2 and "lenet5" in err and "1x8x8" in err
 
     rc, _, err = run_cli("train", "--data", image_root, "--early-stopping", "2", "--validation-split", "0")
-    assert rc == 1 and "--early-stopping" in err
+    assert rc == 2 and "--early-stopping" in err
 
     rc, _, err = run_cli("train", "--augment", "spin=3")
     assert rc == 2 and "spin" in err  # argparse rejects it before anything runs
@@ -244,7 +244,8 @@ def test_predict_table_and_bad_inputs_are_reported(trained: dict, image_root: Pa
     rc, out, err = run_cli("predict", trained["model"], one, tmp_path / "nope.png", "--top-k", "5")
     assert rc == 0
     header = out.splitlines()[0].split()
-    assert header == ["file", "top1", "p1", "top2", "p2", "top3", "p3", "top4", "p4", "top5", "p5"]
+    assert header == ["file", "top1", "p1", "top2", "p2", "top3", "p3"]  # --top-k 5 on 3 classes
+    assert "--top-k 5 > the model's 3 classes" in err
     row = out.splitlines()[2]
     assert row.startswith(str(one)) and sum(name in row for name in CLASSES) == 3  # k clipped to 3 classes
     assert "nope.png" in err and "no such file" in err
@@ -255,8 +256,8 @@ def test_predict_table_and_bad_inputs_are_reported(trained: dict, image_root: Pa
 
 def test_predict_preprocessing_is_the_data_module(image_root: Path, tmp_path: Path) -> None:
     """``cnnkit predict`` decodes and normalises with cnnkit.data itself (no copies to drift apart)."""
-    from cnnkit.cli._common import PixelNormalizer, Preprocess, decode_image_file
     from cnnkit.data import Normalize, decode_image
+    from cnnkit.data.preprocess import Preprocess
 
     big = tmp_path / "big.jpg"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 70, 3), dtype=np.uint8)).save(big)
@@ -264,26 +265,31 @@ def test_predict_preprocessing_is_the_data_module(image_root: Path, tmp_path: Pa
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P").save(palette, transparency=0)
     files = [*_readable_images(image_root)[:3], big, palette]
     for size, color in (((28, 28), "grey"), ((12, 20), "rgb")):
-        pre = Preprocess(size, color, PixelNormalizer({"mode": "unit"}))
-        ours = np.stack([pre.load(f) for f in files])
+        pre = Preprocess(size, color, Normalize("unit"))
+        ours = np.stack([pre.read(f) for f in files])
         theirs = np.stack([decode_image(f, size, color) for f in files])
         assert ours.dtype == np.uint8 and np.array_equal(ours, theirs)
-        assert np.array_equal(np.stack([decode_image_file(f, size, color) for f in files]), theirs)
         for norm in (Normalize("unit"), Normalize("symmetric"), Normalize("standardize").fit(theirs)):
-            got = PixelNormalizer(norm.get_config())
-            assert isinstance(got, Normalize) and got.get_config() == norm.get_config()
+            saved = Preprocess(size, color, norm).to_metadata()
+            got = Preprocess.from_metadata(json.loads(json.dumps(saved)))
+            assert got.normalize.get_config() == norm.get_config() and got.image_size == size
             assert np.array_equal(got(ours), norm(theirs))
-    with pytest.raises(ConfigError, match="normalisation mode"):
-        PixelNormalizer({"mode": "whiten"})
-    with pytest.raises(ConfigError, match="standardize needs one mean and std"):
-        PixelNormalizer({"mode": "standardize", "mean": [0.5], "std": None})
+            assert np.array_equal(got.prepare(files[0]), norm(theirs[0]))
+    meta = {"image_size": [28, 28], "color": "grey"}
+    with pytest.raises(ConfigError, match="normalize mode"):
+        Preprocess.from_metadata({**meta, "normalize": {"mode": "whiten"}})
+    with pytest.raises(ConfigError, match="standardize needs std"):
+        Preprocess.from_metadata({**meta, "normalize": {"mode": "standardize", "mean": [0.5], "std": None}})
+    with pytest.raises(ConfigError, match="image_size"):
+        Preprocess.from_metadata({**meta, "image_size": [28, -1]})
 
 
 def test_predict_imports_stay_lean(trained: dict, image_root: Path) -> None:
     code = (
         "import sys; from cnnkit.cli import main; "
         f"rc = main(['predict', {str(trained['model'])!r}, {str(image_root / 'bars' / '00.png')!r}]); "
-        "heavy = [m for m in ('torch', 'matplotlib', 'tqdm', 'numba', 'cnnkit.training', 'cnnkit.data.loader', "
+        # cnnkit.training.fit is the one path to probabilities (it knows a model ending in Softmax)
+        "heavy = [m for m in ('torch', 'matplotlib', 'tqdm', 'numba', 'cnnkit.data.loader', "
         "'cnnkit.data.augment', 'cnnkit.data.datasets', 'cnnkit.data.idx', 'gzip') "
         "if m in sys.modules]; print('HEAVY', heavy); sys.exit(rc)"
     )
@@ -296,7 +302,7 @@ def test_predict_imports_stay_lean(trained: dict, image_root: Path) -> None:
 
 def test_predict_missing_model_file(tmp_path: Path, image_root: Path) -> None:
     rc, _, err = run_cli("predict", tmp_path / "none.cnnkit", image_root)
-    assert rc == 1 and "model file not found" in err
+    assert rc == 2 and "model file not found" in err
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -334,18 +340,18 @@ def test_evaluate_table(trained: dict, image_root: Path, tmp_path: Path) -> None
         return
     assert png.read_bytes().startswith(PNG_SIGNATURE)
     rc, _, err = run_cli("evaluate", trained["model"], image_root, "--confusion-png", png)
-    assert rc == 1 and "--force" in err
+    assert rc == 2 and "--force" in err
 
 
 def test_evaluate_errors(trained: dict, tmp_path: Path) -> None:
     rc, _, err = run_cli("evaluate", trained["model"], tmp_path / "nowhere")
-    assert rc == 1 and "data folder not found" in err
+    assert rc == 2 and "data folder not found" in err
     other = tmp_path / "other"
     for name in ("cats", "dogs"):
         (other / name).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(other / name / "a.png")
     rc, _, err = run_cli("evaluate", trained["model"], other)
-    assert rc == 1 and "cats" in err and "bars" in err
+    assert rc == 2 and "cats" in err and "bars" in err
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -366,9 +372,9 @@ def test_summary_of_a_model_file(trained: dict) -> None:
 
 def test_summary_errors(tmp_path: Path) -> None:
     rc, _, err = run_cli("summary", "lenet")
-    assert rc == 1 and "unknown model 'lenet'" in err and "lenet5" in err
+    assert rc == 2 and "unknown model 'lenet'" in err and "lenet5" in err
     rc, _, err = run_cli("summary", str(tmp_path / "gone.cnnkit"))
-    assert rc == 1 and "not found" in err
+    assert rc == 2 and "not found" in err
     rc, _, err = run_cli("summary", "lenet5", "--input-shape", "1,28")
     assert rc == 2 and "C,H,W" in err
 
@@ -390,7 +396,7 @@ def test_bench_prints_images_per_second(tmp_path: Path) -> None:
         assert r["images_per_s"] == pytest.approx(128 / r["median_s"])
     assert result["peak_rss_mb"] > 10
     rc, _, err = run_cli("bench", "--models", "nonet", "--steps", "1")
-    assert rc == 1 and "nonet" in err and "lenet5" in err
+    assert rc == 2 and "nonet" in err and "lenet5" in err
 
 
 def test_training_step_is_plain_gradient_descent() -> None:

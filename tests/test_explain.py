@@ -379,7 +379,7 @@ def test_cli_explain_topics(capsys, argv, expected):
 
 
 def test_cli_explain_errors_and_help(capsys):
-    assert main(["explain", "conv", "--image", "1 2; 3"]) == 1
+    assert main(["explain", "conv", "--image", "1 2; 3"]) == 2
     assert "explain.conv" in capsys.readouterr().err
     for topic in ("conv", "pool", "size", "softmax", "im2col", "exercises", "network", "backprop"):
         with pytest.raises(SystemExit) as exc:

@@ -274,3 +274,26 @@ def test_every_zoo_model_one_step_on_2_processes(tmp_path, monkeypatch):
             path.unlink()
         gc.collect()
     assert max(worst.values()) < 1e-4, worst
+
+
+@pytest.mark.slow
+def test_cli_resume_of_a_3_process_run_on_2_processes_ends_as_one_uninterrupted_run(tmp_path, monkeypatch):
+    from cnnkit.cli import main
+    from cnnkit.io import load_model
+
+    flags = ["train", "--model", "lenet5", "--limit", "96", "--batch-size", "32", "--dtype", "float64"]
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([*flags, "--epochs", "2", "--out", str(tmp_path / "one")]) == 0
+    cli = [MPIEXEC, "--oversubscribe", sys.executable, "-m", "cnnkit"]
+    first = [cli[0], "-n", "3", *cli[1:], *flags, "--epochs", "1", "--out", str(tmp_path / "many")]
+    proc = subprocess.run(first, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = [cli[0], "-n", "2", *cli[1:], "train", "--resume", str(tmp_path / "many"), "--epochs", "2"]
+    proc = subprocess.run(again, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_model(tmp_path / "one" / "model.cnnkit").state_dict()
+    b = load_model(tmp_path / "many" / "model.cnnkit").state_dict()
+    for key in a:
+        scale = max(1.0, float(np.abs(a[key]).max()))
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12 * scale)

@@ -205,7 +205,7 @@ def test_cli_show_does_not_overwrite_without_force(tmp_path, capsys):
     (tmp_path / "cm.json").write_text(json.dumps([[1, 2], [3, 4]]))
     out = tmp_path / "cm.png"
     out.write_bytes(b"keep me")
-    assert main(["show", "confusion", str(tmp_path / "cm.json"), "--out", str(out)]) == 1
+    assert main(["show", "confusion", str(tmp_path / "cm.json"), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert out.read_bytes() == b"keep me"
     assert main(["show", "confusion", str(tmp_path / "cm.json"), "--out", str(out), "--force"]) == 0
@@ -215,10 +215,10 @@ def test_cli_show_does_not_overwrite_without_force(tmp_path, capsys):
 
 def test_cli_show_bad_inputs(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
-    assert main(["show", "curves", str(tmp_path / "bad.json"), "--out", str(tmp_path / "c.png")]) == 1
-    assert main(["show", "confusion", str(tmp_path / "missing.json"), "--out", str(tmp_path / "c.png")]) == 1
+    assert main(["show", "curves", str(tmp_path / "bad.json"), "--out", str(tmp_path / "c.png")]) == 2
+    assert main(["show", "confusion", str(tmp_path / "missing.json"), "--out", str(tmp_path / "c.png")]) == 2
     (tmp_path / "nocm.json").write_text(json.dumps({"accuracy": 0.9}))
-    assert main(["show", "confusion", str(tmp_path / "nocm.json"), "--out", str(tmp_path / "c.png")]) == 1
+    assert main(["show", "confusion", str(tmp_path / "nocm.json"), "--out", str(tmp_path / "c.png")]) == 2
     assert "no confusion matrix" in capsys.readouterr().err
     for picture in ("filters", "maps", "curves", "confusion"):
         with pytest.raises(SystemExit) as exc:

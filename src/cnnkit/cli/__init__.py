@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import CnnkitError
+from ..errors import CnnkitError, TrainingError
 
 SUBCOMMANDS = ("train", "evaluate", "predict", "summary", "explain", "show", "bench")
 
@@ -44,20 +44,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
-        if args.command is None and argv is None and len(sys.argv) == 1:
-            # `cnnkit` alone prints help; `cnnkit train` with no arguments is the main job.
-            parser.print_help()
-            return 0
-        parser.print_help()
+        # `cnnkit` alone is a usage error (exit 2, as argparse's own); `cnnkit train` alone is the main job.
+        parser.print_usage(sys.stderr)
+        print(
+            f"cnnkit: error: a command is required: {', '.join(SUBCOMMANDS)} (cnnkit --help lists them)",
+            file=sys.stderr,
+        )
         return 2
     from .. import runtime
 
     runtime.tune()  # the command owns its process: OpenBLAS's spin, malloc thresholds (cnnkit.runtime)
     try:
         return int(args.func(args) or 0)
-    except CnnkitError as err:
+    except TrainingError as err:  # training itself failed (a NaN loss): not the user's input
         print(f"cnnkit {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except CnnkitError as err:  # bad input: one line, exit 2 like argparse's own errors
+        print(f"cnnkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"cnnkit {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -67,3 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (a multi-line message's lines joined with "; ")."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_threads_argument, positive_int
+from ._args import add_threads_argument, positive_int
 
 DESCRIPTION = """\
 Measure cnnkit's speed without PyTorch: for each model, images/s of a training step (forward, cross-entropy,
@@ -48,13 +48,16 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import bench
     from ..errors import ConfigError
-    from ._common import blas_threads, format_table, guard_outputs, write_json
+    from ._files import check_output_file, guard_outputs, write_json
+    from ._table import format_table
+    from ._threads import blas_threads
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     if args.json:
-        guard_outputs([Path(args.json)], args.force)
+        guard_outputs([Path(args.json)], args.force, hint="pass --force to overwrite it")
+        check_output_file(args.json, "--json")
     sizes = None
     if args.batch_size:
         sizes = {name: args.batch_size for name in (models or bench.BENCH_MODELS)}

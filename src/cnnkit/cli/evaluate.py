@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import DATASET_NAMES, add_threads_argument, positive_int
+from ._args import DATASET_NAMES, add_threads_argument, positive_int
 
 DESCRIPTION = f"""\
 Evaluate a model saved by `cnnkit train` on labelled images, with the model's own preprocessing.
@@ -49,19 +49,17 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ._common import (
-        Preprocess,
-        blas_threads,
-        class_names_of,
-        guard_outputs,
-        load_data,
-        load_model_file,
-    )
+    from ..data.preprocess import Preprocess
+    from ..inference import class_names_of, load_model_for_inference
+    from ._data import load_data
+    from ._files import check_output_file, guard_outputs
+    from ._threads import blas_threads
 
     png = Path(args.confusion_png) if args.confusion_png else None
     if png is not None:
-        guard_outputs([png], args.force)
-    model = load_model_file(args.model)
+        guard_outputs([png], args.force, hint="pass --force to overwrite it or give another --confusion-png")
+        check_output_file(png, "--confusion-png")
+    model = load_model_for_inference(args.model)
     pre = Preprocess.from_model(model)
     names = class_names_of(model)
     data = load_data(
@@ -118,12 +116,12 @@ def _predict(model: Any, split: Any, normalize: Any, batch_size: int) -> tuple[A
     import numpy as np
 
     from ..data import DataLoader
-    from ._common import predict_probabilities
+    from ..training.fit import predict
 
     loader = DataLoader(split, batch_size, shuffle=False, transform=normalize)
     probs, labels = [], []
     for xb, yb in loader:
-        probs.append(predict_probabilities(model, xb, batch_size))
+        probs.append(predict(model, xb, batch_size))
         labels.append(yb)
     if not probs:
         from ..errors import DataError
@@ -172,7 +170,7 @@ def metrics(probs: Any, labels: Any, class_names: list[str]) -> dict[str, Any]:
 
 def format_report(report: dict[str, Any], header: str = "") -> str:
     """The tables printed by ``cnnkit evaluate``."""
-    from ._common import format_table
+    from ._table import format_table
 
     lines = [header] if header else []
     lines.append(f"accuracy: {report['accuracy']:.4f} ({report['images']} images), loss {report['loss']:.4f}")

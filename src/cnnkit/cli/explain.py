@@ -59,10 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the output-size formula with numbers (notes 3.4)",
         description="Evaluate (W - F + 2P)/S + 1 for one axis, show the exact fraction and why it rounds down.",
     )
-    p.add_argument("input", type=int, help="input size W")
-    p.add_argument("kernel", type=int, help="filter size F")
+    p.add_argument("input", type=int, nargs="?", help="input size W (default: the notes' 32, with F=3, P=1)")
+    p.add_argument("kernel", type=int, nargs="?", help="filter size F (default: the notes' 3)")
     p.add_argument("--stride", type=int, default=1, help="stride S (default: 1)")
-    p.add_argument("--padding", type=int, default=0, help="padding P (default: 0)")
+    p.add_argument(
+        "--padding", type=int, default=None, help="padding P (default: 0; 1 in the notes' example)"
+    )
     p.add_argument("--dilation", type=int, default=1, help="dilation (default: 1)")
     p.set_defaults(func=run)
 
@@ -100,7 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Walk through a zoo model or a saved model file layer by layer: each output shape from "
         "(W - F + 2P)/S + 1, each layer's parameters and multiply-adds (as notes 5 and 9 do).",
     )
-    p.add_argument("model", metavar="MODEL|FILE", help="a zoo model name (e.g. simple_cnn) or a .cnnkit file")
+    p.add_argument(
+        "model",
+        metavar="MODEL|FILE",
+        nargs="?",
+        default="simple_cnn",
+        help="a zoo model name or a .cnnkit file (default: simple_cnn, the notes' section 5 network)",
+    )
     p.add_argument("--input-shape", metavar="C,H,W", help="input shape for a zoo model, e.g. 1,28,28")
     p.add_argument("--classes", type=int, metavar="N", help="number of classes for a zoo model")
     p.set_defaults(func=run)
@@ -139,9 +147,14 @@ def run(args: argparse.Namespace) -> int:
             args.image, args.kind, args.size, stride=args.stride, padding=args.padding, dilation=args.dilation
         )
     elif topic == "size":
-        result = explain.size(
-            args.input, args.kernel, padding=args.padding, stride=args.stride, dilation=args.dilation
-        )
+        width, kernel, padding = args.input, args.kernel, args.padding
+        if width is None and kernel is None:  # the notes' section 5 example: 32x32 input, 3x3 filters, P=1
+            width, kernel, padding = 32, 3, 1 if padding is None else padding
+        elif width is None or kernel is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("explain size: give both W and F, or neither (the notes' example)")
+        result = explain.size(width, kernel, padding=padding or 0, stride=args.stride, dilation=args.dilation)
     elif topic == "softmax":
         result = explain.softmax(args.scores) if args.scores else explain.softmax()
     elif topic == "im2col":
@@ -153,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     elif topic == "network":
         from pathlib import Path
 
-        from ._common import get_zoo_model, parse_shape
+        from ._args import parse_shape
+        from ._models import get_zoo_model
 
         shape = parse_shape(args.input_shape) if args.input_shape else None
         if Path(args.model).is_file():

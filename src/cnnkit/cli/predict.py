@@ -4,8 +4,10 @@ Each image goes through the preprocessing saved in the model file by ``cnnkit tr
 model's input size, grey or RGB, the same normalisation), then through the network in inference mode,
 then softmax (notes section 6.2). Files Pillow cannot read are reported and skipped.
 
-Kept lean on purpose: only NumPy, Pillow and cnnkit's ops, layers and io are imported, so predicting one
-image takes a fraction of a second.
+A thin layer over :func:`cnnkit.inference.predict_files` (the same pipeline a Python program or a web
+page uses). Kept lean on purpose: NumPy, Pillow and cnnkit's engine, data preprocessing and the
+training floor's ``predict`` (no tqdm, no Numba for one image), so predicting one image takes a fraction
+of a second.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import json
 import sys
 
-from ._common import positive_int
+from ._args import positive_int
 
 DESCRIPTION = """\
 Classify image files (or every image in a folder, recursively) with a model saved by `cnnkit train`.
@@ -42,14 +44,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Predict and print; returns the exit status."""
-    from ._common import Preprocess, class_names_of, collect_image_files, load_model_file, predict_files
+    from ..data.preprocess import Preprocess
+    from ..inference import class_names_of, load_model_for_inference, predict_files
+    from ._files import collect_image_files
 
-    model = load_model_file(args.model)
-    pre = Preprocess.from_model(model)
+    model = load_model_for_inference(args.model)
+    Preprocess.from_model(model)  # an invalid saved recipe fails here, before any file is read
+    classes = len(class_names_of(model))
+    top_k = min(args.top_k, classes)
+    if args.top_k > classes:
+        print(
+            f"cnnkit predict: note: --top-k {args.top_k} > the model's {classes} classes; showing {classes}",
+            file=sys.stderr,
+        )
     files, problems = collect_image_files(args.inputs)
-    results, bad = predict_files(
-        model, pre, class_names_of(model), files, top_k=args.top_k, batch_size=args.batch_size
-    )
+    results, bad = predict_files(model, files, top_k=top_k, batch_size=args.batch_size)
     problems.extend(bad)
     if args.json:
         payload = {
@@ -58,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
             "errors": [{"file": f, "error": e} for f, e in problems],
         }
         print(json.dumps(payload, indent=2))
-    else:
-        _print_table(results, args.top_k)
+    elif results:
+        _print_table(results, top_k)
     for path, reason in problems:
         print(f"cnnkit predict: skipped {path}: {reason}", file=sys.stderr)
     if not results:
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(results: list[dict], top_k: int) -> None:
-    from ._common import format_table
+    from ._table import format_table
 
     headers = ["file"]
     for k in range(1, top_k + 1):

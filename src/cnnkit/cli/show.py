@@ -102,7 +102,7 @@ def _read_json(path: str, what: str) -> Any:
     import json
 
     from ..errors import DataError
-    from ._common import require_path
+    from ._files import require_path
 
     p = require_path(path, what)
     try:
@@ -140,16 +140,27 @@ def _find_confusion(data: Any, path: str) -> tuple[Any, Any]:
 
 def _load_model(spec: str) -> tuple[Any, Any]:
     """A model (inference mode) and its image preprocessing, from a model file or a zoo name."""
+
+    from ..data.preprocess import Preprocess
+
+    model = _model(spec)
+    return model, Preprocess.from_model(model)
+
+
+def _model(spec: str) -> Any:
+    """A model file in inference mode, or a zoo model with random weights, which its name then says
+    (the name is in the picture's title)."""
     from pathlib import Path
 
-    from ._common import Preprocess, get_zoo_model, load_model_file
+    from ..inference import load_model_for_inference
+    from ._models import get_zoo_model
 
-    if Path(spec).is_file():
-        model = load_model_file(spec)
-    else:
-        model = get_zoo_model(spec, seed=0)
-        model.eval()
-    return model, Preprocess.from_model(model)
+    if Path(spec).is_file() or Path(spec).is_dir():
+        return load_model_for_inference(spec)
+    model = get_zoo_model(spec, seed=0)
+    model.eval()
+    model.name = f"{spec} (untrained: random weights, seed 0)"
+    return model
 
 
 def _load_image(path: str, pre: Any) -> Any:
@@ -157,7 +168,7 @@ def _load_image(path: str, pre: Any) -> Any:
     import numpy as np
 
     from ..errors import DataError
-    from ._common import require_path
+    from ._files import require_path
 
     p = require_path(path, "image")
     if p.suffix.lower() == ".npy":
@@ -165,29 +176,23 @@ def _load_image(path: str, pre: Any) -> Any:
             return np.load(p, allow_pickle=False)
         except (OSError, ValueError) as err:
             raise DataError(f"{p}: not a readable .npy array ({err})") from None
-    return pre.normalize(pre.load(p)[None])[0]
+    return pre.prepare(p)
 
 
 def run(args: argparse.Namespace) -> int:
     """Draw the chosen picture; returns the exit status."""
     from pathlib import Path
 
-    from ..errors import ConfigError
+    from ._files import check_output_file, guard_outputs
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise ConfigError(
-            f"{out} already exists; pass --force to overwrite it or --out to choose another file"
-        )
+    guard_outputs([out], args.force, hint="pass --force to overwrite it or --out to choose another file")
+    check_output_file(out, "--out")
     from .. import viz
 
     picture = args.picture
     if picture == "filters":
-        from ._common import get_zoo_model, load_model_file
-
-        model = (
-            load_model_file(args.model) if Path(args.model).is_file() else get_zoo_model(args.model, seed=0)
-        )
+        model = _model(args.model)
         written = viz.plot_filters(model, out, layer=args.layer, max_filters=args.max_filters)
     elif picture == "maps":
         model, pre = _load_model(args.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._common import arg_type, parse_shape, positive_int
+from ._args import arg_type, parse_shape, positive_int
 
 DESCRIPTION = """\
 Print the model.summary() table (layers, output shapes, parameters, multiply-adds) of a zoo model or of
@@ -38,16 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the summary; returns the exit status."""
     path = Path(args.model)
-    if path.is_file():
-        from ._common import load_model_file
+    if path.is_file() or path.is_dir():
+        from ..inference import load_model_for_inference
 
-        model = load_model_file(path)
+        model = load_model_for_inference(path)
         print(f"{path}")
         names = getattr(model, "class_names", None)
         if names:
             print(f"classes ({len(names)}): {', '.join(names)}")
     else:
-        from ._common import get_zoo_model
+        from ._models import get_zoo_model
 
         model = get_zoo_model(args.model, num_classes=args.classes, input_shape=args.input_shape)
     model.summary()

@@ -6,6 +6,8 @@ Imports only NumPy, Pillow and cnnkit's errors/utils.
   :func:`image_folder`, the :class:`Dataset` container and :func:`train_test_split`;
 - :mod:`cnnkit.data.loader`: :class:`DataLoader` (shuffling per (seed, epoch), prefetch thread);
 - :mod:`cnnkit.data.transforms`: :class:`Normalize` (notes §12.1);
+- :mod:`cnnkit.data.preprocess`: :class:`Preprocess` (image file -> model input, saved in model files)
+  and :func:`load_image_for`;
 - :mod:`cnnkit.data.augment`: :class:`Augment`, :func:`hflip`, :func:`rotate`, :func:`warp_affine`
   (notes §12.2);
 - :mod:`cnnkit.data.idx`: reading and writing IDX files.
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names are impor
     from .folder import BadFileWarning, FolderSplit, ImageFolder, decode_image, image_folder
     from .idx import read_idx, read_idx_images, read_idx_labels, read_idx_pair, write_idx
     from .loader import DataLoader
+    from .preprocess import Preprocess, load_image_for
     from .shapes import SHAPES, shapes
     from .transforms import Normalize
 
@@ -60,6 +63,8 @@ _LAZY: dict[str, str] = {
     "SHAPES": "shapes",
     "shapes": "shapes",
     "Normalize": "transforms",
+    "Preprocess": "preprocess",
+    "load_image_for": "preprocess",
 }
 
 
@@ -107,6 +112,7 @@ __all__ = [
     "ImageFolder",
     "LabeledImages",
     "Normalize",
+    "Preprocess",
     "SHAPES",
     "affine_inverse_maps",
     "datasets",
@@ -115,6 +121,7 @@ __all__ = [
     "find_fashion_mnist",
     "hflip",
     "image_folder",
+    "load_image_for",
     "read_idx",
     "read_idx_images",
     "read_idx_labels",

@@ -94,12 +94,19 @@ def _describe(root: Path, items: Sequence[tuple[str, str]], what: str) -> str:
 def decode_image(path: str | os.PathLike[str], size: tuple[int, int], color: str = "rgb") -> np.ndarray:
     """Decode one file to uint8 ``(C, H, W)`` (C = 3 for ``"rgb"``, 1 for ``"grey"``) of ``size = (H, W)``.
 
-    Raises whatever Pillow raises for an unreadable file (``OSError``, ``SyntaxError``, ...).
+    The EXIF orientation is applied first (a phone photo stored sideways is turned upright), and images
+    deeper than 8 bits are *scaled* to 0..255 by :func:`to_8bit` (Pillow's ``convert("L")`` would clip
+    them: every 16-bit value above 255 would become white). Raises whatever Pillow raises for an
+    unreadable file (``OSError``, ``SyntaxError``, ...).
     """
+    from PIL import ImageOps
+
     h, w = size
     mode = "RGB" if color == "rgb" else "L"
     with Image.open(path) as img:
         img.draft(mode, (w, h))  # JPEG only: let the decoder shrink by 1/2, 1/4 or 1/8 when it can
+        img = ImageOps.exif_transpose(img)
+        img = to_8bit(img)
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
         img = img.convert(mode)
@@ -107,6 +114,47 @@ def decode_image(path: str | os.PathLike[str], size: tuple[int, int], color: str
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     return arr.transpose(2, 0, 1).copy() if arr.ndim == 3 else arr[None].copy()
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A Pillow image of more than 8 bits per pixel as an 8-bit ``"L"`` image, scaled, not clipped.
+
+    - 16-bit (``I;16``, ``I;16B``, ``I;16L``, ...): ``round(v / 257)``, so the 16-bit copy ``257 v`` of
+      an 8-bit image gives back exactly ``v``;
+    - 32-bit integer (``I``): as 16-bit when every value is in 0..65535 (Pillow opens some 16-bit files
+      this way), else ``(v - min) / (max - min)`` stretched to 0..255;
+    - float (``F``): ``255 v`` when every value is in [0, 1], else stretched as above (NaN becomes 0).
+
+    Other modes (8-bit grey, RGB, palette, ...) are returned unchanged.
+    """
+    mode = img.mode
+    if not (mode.startswith("I") or mode == "F"):
+        return img
+    arr = np.asarray(img)
+    if mode == "F":
+        values = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if values.size and values.min() >= 0.0 and values.max() <= 1.0:
+            scaled = values * 255.0
+        else:
+            scaled = _stretch(values)
+    else:
+        values = arr.astype(np.float64)
+        if mode.startswith("I;16") or (values.size and values.min() >= 0 and values.max() <= 65535):
+            scaled = values / 257.0
+        else:
+            scaled = _stretch(values)
+    out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """``(v - min) / (max - min) * 255``; a constant image becomes 0."""
+    if values.size == 0:
+        return values
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return (values - low) * (255.0 / (high - low))
 
 
 def _check_header(path: str) -> None:
@@ -208,6 +256,31 @@ class ImageFolder:
         if not images:
             return np.empty((0, *self.shape), dtype=np.uint8), np.empty(0, dtype=np.int64)
         return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+    def select(self, indices: Iterable[int]) -> ImageFolder:
+        """The images at ``indices`` (same classes, shared bad-file record), e.g. a held-out split."""
+        idx = [int(i) for i in indices]
+        return ImageFolder(
+            [self.files[i] for i in idx],
+            self.labels[np.asarray(idx, dtype=np.int64)] if idx else np.empty(0, dtype=np.int64),
+            self.class_names,
+            self.image_size,
+            self.color,
+            self._log,
+        )
+
+    def relabel(self, class_names: Sequence[str]) -> ImageFolder:
+        """The same images with labels re-indexed into ``class_names`` (a superset of this set's names),
+        so a ``test/`` folder whose classes are a subset of ``train/``'s gets the training labels."""
+        names = list(class_names)
+        index = {name: k for k, name in enumerate(names)}
+        missing = [n for n in self.class_names if n not in index]
+        if missing:
+            raise DataError(
+                f"image_folder {self.root}: class folder(s) {missing} are not among the training classes {names}"
+            )
+        mapping = np.array([index[n] for n in self.class_names], dtype=np.int64)
+        return ImageFolder(self.files, mapping[self.labels], names, self.image_size, self.color, self._log)
 
     def to_arrays(self, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Decode everything into memory (for small folders): ``(x uint8 (N, C, H, W), y int64)``."""

@@ -225,14 +225,127 @@ def _check_classes(path: str, spec: Any, where: str = "architecture") -> None:
             _check_classes(path, value, f"{where}[{i}]")
 
 
-def _rebuild(path: str, meta: dict[str, str]) -> Layer:
+#: Bounds on what a model file may describe, checked before anything is allocated: the largest integer in
+#: a layer's config (filters, kernel size, stride, padding, units, ...; seeds are exempt), the largest
+#: input dimension, and the most values one sample may have at any layer's output.
+MAX_CONFIG_INT = 1 << 24
+MAX_INPUT_DIM = 1 << 16
+MAX_ACTIVATION = 1 << 28
+_UNBOUNDED_KEYS = ("seed",)
+
+
+def _check_config_values(path: str, spec: Any, where: str = "architecture") -> None:
+    """Every number in every layer's config: integers within ``MAX_CONFIG_INT``, floats finite."""
+    if isinstance(spec, dict):
+        config = spec.get("config") if "class" in spec else None
+        if isinstance(config, dict):
+            layer = f"{where} ({spec['class']} {config.get('name', '?')!r})"
+            for key, value in config.items():
+                _check_value(path, layer, key, value)
+        for key, value in spec.items():
+            _check_config_values(path, value, f"{where}.{key}")
+    elif isinstance(spec, list):
+        for i, value in enumerate(spec):
+            _check_config_values(path, value, f"{where}[{i}]")
+
+
+def _check_value(path: str, layer: str, key: str, value: Any) -> None:
+    import math
+
+    if key in _UNBOUNDED_KEYS:
+        return
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, int) and abs(v) > MAX_CONFIG_INT:
+            raise FileFormatError(
+                f"{path}: layer {layer}: {key} = {value!r} is out of range (at most {MAX_CONFIG_INT:,} in size)"
+            )
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FileFormatError(f"{path}: layer {layer}: {key} = {value!r} is not a finite number")
+
+
+def _check_layers(path: str, spec: Any, where: str = "architecture") -> None:
+    """Construct every layer the architecture names, deepest first, in shape-only mode: a bad config
+    value fails here with the layer's own message (its name and the key), and nothing is allocated."""
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            _check_layers(path, value, f"{where}.{key}")
+        if "class" in spec:
+            try:
+                layer_class(spec["class"]).from_config(dict(spec.get("config", {})))
+            except _BUILD_ERRORS as err:
+                raise FileFormatError(
+                    f"{path}: cannot rebuild the model from its architecture: layer {where} "
+                    f"({spec['class']}): {_why(err)}"
+                ) from None
+    elif isinstance(spec, list):
+        for i, value in enumerate(spec):
+            _check_layers(path, value, f"{where}[{i}]")
+
+
+_BUILD_ERRORS = (
+    CnnkitError,
+    TypeError,
+    ValueError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ZeroDivisionError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+)
+
+
+def _why(err: BaseException) -> str:
+    return str(err) if isinstance(err, CnnkitError) else f"{type(err).__name__}: {err}"
+
+
+def _check_shapes(path: str, model: Layer, tensors: Mapping[str, np.ndarray]) -> None:
+    """The built (shape-only) model against the file: activations within ``MAX_ACTIVATION``, and every
+    parameter and buffer the config implies present in the tensor table with the same shape and dtype."""
+    for name, layer in [("", model), *model.named_layers()]:
+        shape = layer.output_shape
+        if shape is not None and int(np.prod(shape, dtype=np.float64)) > MAX_ACTIVATION:
+            raise FileFormatError(
+                f"{path}: layer {name or model.name!r} ({type(layer).__name__}) would output {tuple(shape)} "
+                f"per sample, more than {MAX_ACTIVATION:,} values: not a model this file can hold"
+            )
+    owners = {n: (owner, key) for n, owner, key in model.named_parameters()}
+    owners.update({n: (owner, key) for n, owner, key in model.named_buffers()})
+    missing = sorted(set(owners) - set(tensors))
+    unexpected = sorted(set(tensors) - set(owners))
+    if missing or unexpected:
+        raise FileFormatError(
+            f"{path}: the weights do not match the architecture: missing {missing[:10]}, unexpected {unexpected[:10]}"
+        )
+    for full, (owner, key) in owners.items():
+        implied = owner.params[key] if key in owner.params else owner.buffers[key]
+        stored = tensors[full]
+        if implied.shape != stored.shape or implied.dtype != stored.dtype:
+            config = {k: v for k, v in owner.get_config().items() if k != "name"}
+            raise FileFormatError(
+                f"{path}: tensor {full!r} should be {implied.dtype} of shape {implied.shape}, found "
+                f"{stored.dtype} of shape {stored.shape} (layer {owner.name!r}, {type(owner).__name__} "
+                f"{json.dumps(config)[:200]}, implies its {key!r})"
+            )
+
+
+def _rebuild(path: str, meta: dict[str, str], tensors: Mapping[str, np.ndarray] | None = None) -> Layer:
+    """The model the header describes, checked against the tensor table before anything is allocated:
+    config values (:func:`_check_config_values`), each layer's constructor, then a shape-only build
+    (:func:`cnnkit.layers.init.shapes_only`) whose parameter shapes must be the stored tensors' shapes."""
+    from ..layers.init import shapes_only
+
     spec = _field(path, meta, "architecture", dict)
     input_shape = _field(path, meta, "input_shape", list)
     if not input_shape or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape
+        isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_INPUT_DIM for s in input_shape
     ):
         raise FileFormatError(
-            f"{path}: input_shape should be a list of positive integers, found {input_shape}"
+            f"{path}: input_shape should be a list of positive integers up to {MAX_INPUT_DIM}, found {input_shape}"
         )
     _check_classes(path, spec)
     # Building initialises weights (overwritten next) from the global generator for unseeded layers;
@@ -240,17 +353,35 @@ def _rebuild(path: str, meta: dict[str, str]) -> Layer:
     generator = global_rng().bit_generator
     saved_state = generator.state
     try:
-        model = from_config(spec)
-        if not model.built:
-            model.build(tuple(input_shape))
-    except (CnnkitError, TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
-        raise FileFormatError(f"{path}: cannot rebuild the model from its architecture: {err}") from None
+        _check_config_values(path, spec)
+        with shapes_only():
+            _check_layers(path, spec)
+            try:
+                probe = from_config(spec)
+                if not probe.built:
+                    probe.build(tuple(input_shape))
+            except _BUILD_ERRORS as err:
+                raise FileFormatError(
+                    f"{path}: cannot rebuild the model from its architecture: {_why(err)}"
+                ) from None
+        if probe.input_shape != tuple(input_shape):
+            raise FileFormatError(
+                f"{path}: the architecture builds for input {probe.input_shape}, but the file says {tuple(input_shape)}"
+            )
+        if tensors is not None:
+            _check_shapes(path, probe, tensors)
+        try:
+            model = from_config(spec)
+            if not model.built:
+                model.build(tuple(input_shape))
+        except _BUILD_ERRORS as err:
+            raise FileFormatError(
+                f"{path}: cannot rebuild the model from its architecture: {_why(err)}"
+            ) from None
+    except RecursionError:
+        raise FileFormatError(f"{path}: the architecture is nested too deeply") from None
     finally:
         generator.state = saved_state
-    if model.input_shape != tuple(input_shape):
-        raise FileFormatError(
-            f"{path}: the architecture builds for input {model.input_shape}, but the file says {tuple(input_shape)}"
-        )
     return model
 
 
@@ -270,6 +401,19 @@ def _load_weights(path: str, model: Layer, tensors: dict[str, np.ndarray]) -> No
                 f"found {value.dtype} of shape {value.shape}"
             )
     model.load_state_dict(tensors, strict=True)
+
+
+def _check_class_names(path: str, model: Layer, names: list | None) -> None:
+    """One name (a string) per output of the model, when the file has names."""
+    if names is None:
+        return
+    if not all(isinstance(n, str) for n in names):
+        raise FileFormatError(f"{path}: class_names should be strings, found {names!r:.200}")
+    out = model.output_shape
+    if out is not None and len(out) == 1 and len(names) != out[0]:
+        raise FileFormatError(
+            f"{path}: class_names has {len(names)} names, but the model has {out[0]} outputs"
+        )
 
 
 def _restore_rng(path: str, model: Layer, states: dict[str, Any]) -> None:
@@ -293,6 +437,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     name = os.fspath(path)
     tensors, meta = load_file(path)
+    return _checkpoint_from(name, tensors, meta)
+
+
+def _checkpoint_from(name: str, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> Checkpoint:
+    """:func:`read_checkpoint` after the file is parsed: ``name`` is only used in messages."""
     fmt = meta.get("format")
     if fmt != FORMAT:
         raise FileFormatError(
@@ -303,13 +452,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise FileFormatError(
             f"{name}: format_version {meta.get('format_version')!r}, but this cnnkit reads version {FORMAT_VERSION!r}"
         )
-    model = _rebuild(name, meta)
     optimizer_arrays = {
         k[len(OPTIMIZER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(OPTIMIZER_PREFIX)
     }
     weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    model = _rebuild(name, meta, weights)
     _load_weights(name, model, weights)
     class_names = _field(name, meta, "class_names", list, required=False)
+    _check_class_names(name, model, class_names)
     model.class_names = class_names
     user_meta = _field(name, meta, "metadata", dict, required=False) or {}
     model.metadata = user_meta

@@ -11,6 +11,7 @@ from ..errors import ShapeError, TrainingError
 from ..ops.norm import batch_norm_backward, batch_norm_forward
 from ..utils.checks import check_number
 from .base import Layer, Shape
+from .init import constant
 
 
 class _BatchNorm:
@@ -59,10 +60,10 @@ class _BatchNorm:
         super().build(input_shape)  # type: ignore[misc]
         assert self.input_shape is not None
         c = self.input_shape[0]
-        self.params["weight"] = np.ones(c, dtype=self.dtype)
-        self.params["bias"] = np.zeros(c, dtype=self.dtype)
-        self.buffers["running_mean"] = np.zeros(c, dtype=self.dtype)
-        self.buffers["running_var"] = np.ones(c, dtype=self.dtype)
+        self.params["weight"] = constant(c, 1.0, self.dtype)
+        self.params["bias"] = constant(c, 0.0, self.dtype)
+        self.buffers["running_mean"] = constant(c, 0.0, self.dtype)
+        self.buffers["running_var"] = constant(c, 1.0, self.dtype)
         self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
         self.grads = {}
 
