@@ -249,13 +249,14 @@ def _sweep_size(name: str) -> int:
 
 @pytest.mark.slow
 def test_every_zoo_model_one_step_on_2_processes(tmp_path, monkeypatch):
-    """Every zoo model at a small input, one SGD step of a global batch of 7 split 4 + 3 (uneven): the
-    float32 weights within 1e-4 of one process's, as ``||w_2 - w_1|| / ||w_1||`` over the whole model.
+    """Every zoo model at a small input, one SGD step of a global batch of 7 split 4 + 3 (uneven), in
+    float32: the weights within 1e-4 of one process's, as ``||w_2 - w_1|| / ||w_1||`` over the model.
 
-    Not per tensor: a batch-norm bias after one step is a sum of gradients that nearly cancel, at
-    float32's noise level (one process in float32 and in float64 differ by 0.13 of such a tensor's largest
-    value in resnet50_small); float64 holds those to 1e-9 too (other tests). Two processes, not three:
-    the ImageNet VGGs need about 2 GB a process (weights, gradients, the flat buffer, momentum).
+    Where float32 cannot hold that, the two processes must be as close to the exact result (the same
+    step in float64 from the same weights) as one process is. That is the deep ResNets at these
+    inputs: their first step is huge (ResNet-152's moves conv1 by 17) and one process's float32 step
+    differs from its float64 step by about 0.1 of the weights. Float64 is held to 1e-9 by other tests.
+    Two processes, not three: the ImageNet VGGs need about 2 GB a process.
     """
     import gc
 
@@ -265,15 +266,25 @@ def test_every_zoo_model_one_step_on_2_processes(tmp_path, monkeypatch):
     job = {"sweep": sweep, "samples": 7, "batch_size": 7, "lr": 0.01, "out": str(tmp_path / "n2")}
     proc = mpirun(2, job, tmp_path, timeout=3000)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    worst = {}
+    bad, fell_back = {}, {}
     for name, size in sweep:
-        one = str(tmp_path / f"one-{name}.npz")
+        one, two = str(tmp_path / f"one-{name}.npz"), str(tmp_path / f"n2-{name}.npz")
         one_process(dict(job, model=name, input_shape=[3, size, size], out=one), monkeypatch)
-        worst[name] = rel_diff_global(one, str(tmp_path / f"n2-{name}.npz"))
-        for path in (Path(one), tmp_path / f"n2-{name}.npz"):  # the ImageNet VGGs' are 0.5 GB each
-            path.unlink()
+        diff = rel_diff_global(one, two)
+        if diff >= 1e-4:
+            exact = str(tmp_path / f"f64-{name}.npz")
+            twin = dict(job, model=name, input_shape=[3, size, size], out=exact, float64_twin=True)
+            one_process(dict(twin, dtype="float64"), monkeypatch)
+            own, ours = rel_diff_global(exact, one), rel_diff_global(exact, two)
+            fell_back[name] = (diff, own, ours)
+            if ours > 1.5 * own:
+                bad[name] = (diff, own, ours)
+            Path(exact).unlink()
+        for path in (one, two):  # the ImageNet VGGs' are 0.5 GB each
+            Path(path).unlink()
         gc.collect()
-    assert max(worst.values()) < 1e-4, worst
+    assert not bad, f"2 processes vs 1, 1 vs float64, 2 vs float64: {bad}"
+    assert set(fell_back) <= {n for n in zoo.names() if n.startswith("resnet")}, fell_back
 
 
 @pytest.mark.slow

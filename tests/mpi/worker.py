@@ -51,7 +51,8 @@ def run(job: dict) -> None:
     classes = job.get("classes", 10)
     n = job["samples"]
     rng = np.random.default_rng(job.get("data_seed", 0))
-    x = rng.standard_normal((n, *shape)).astype(dtype)
+    rng_x32 = rng.standard_normal((n, *shape)).astype(np.float32)
+    x = rng_x32.astype(dtype)
     y = rng.integers(0, classes, n)
     if job.get("rank_dependent_data"):
         from mpi4py import MPI
@@ -65,7 +66,11 @@ def run(job: dict) -> None:
 
         cnnkit.set_seed(100 + MPI.COMM_WORLD.Get_rank())  # different draws on each rank: rank 0's must win
         seed = None
-    model = build(job["model"], classes, shape, seed, dtype)
+    if job.get("float64_twin"):  # the float32 job's weights and data, cast: its float64 reference
+        model = build(job["model"], classes, shape, seed, np.float32).astype(np.float64)
+        x = rng_x32.astype(np.float64)
+    else:
+        model = build(job["model"], classes, shape, seed, dtype)
     opt = SGD(lr=job.get("lr", 0.05), momentum=0.9) if job.get("optimizer", "sgd") == "sgd" else Adam(lr=1e-3)
     callbacks = []
     fault = job.get("fault")
