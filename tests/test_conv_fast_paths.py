@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cnnkit.ops.conv as conv_mod
+import cnnkit.ops.policy as policy
 from cnnkit.layers import Conv2D
 from cnnkit.ops import conv2d, conv2d_backward, conv2d_forward
 from cnnkit.ops._conv_kernels import col2im_rows_kernel
@@ -81,8 +81,8 @@ def test_streamed_path_matches_reference(n, c, f, k, stride, dilation, padding, 
     x = rng.standard_normal((n, c, h, wd)).astype(dtype)
     w = rng.standard_normal((f, c, *k)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if bias else None
-    saved = conv_mod._CHUNK_BYTES
-    conv_mod._CHUNK_BYTES = chunk
+    saved = policy.CHUNK_BYTES
+    policy.CHUNK_BYTES = chunk
     try:
         for mode in ("numba", "numpy"):
             with pytest.MonkeyPatch.context() as mp:
@@ -93,7 +93,7 @@ def test_streamed_path_matches_reference(n, c, f, k, stride, dilation, padding, 
                 _reset_jit()
                 _check_against_reference(x, w, b, dtype, stride=stride, dilation=dilation, padding=padding)
     finally:
-        conv_mod._CHUNK_BYTES = saved
+        policy.CHUNK_BYTES = saved
         _reset_jit()
 
 
@@ -249,9 +249,9 @@ def test_planar_path_matches_reference(
     with its unfold in NumPy (small inputs) and compiled (big ones: the threshold lowered to 0)."""
     if dilation * (kernel - 1) + 1 > size + 2 * padding or kernel == 1 and padding == 0 and stride == 1:
         return  # no valid output, or the 1x1 pointwise path (which skips im2col altogether)
-    assert channels <= conv_mod._PLANAR_MAX_CHANNELS
+    assert channels <= policy.PLANAR_MAX_CHANNELS
     mp = pytest.MonkeyPatch()
-    mp.setattr(conv_mod, "_PLANAR_COMPILED_MIN", 0 if compiled_unfold else 1 << 62)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0 if compiled_unfold else 1 << 62)
     try:
         _check_planar(channels, size, kernel, stride, padding, dilation, bias, dtype, seed)
     finally:
@@ -266,7 +266,7 @@ def _check_planar(channels, size, kernel, stride, padding, dilation, bias, dtype
     kw = {"stride": stride, "padding": padding, "dilation": dilation}
     _check_against_reference(x, w, b, dtype, **kw)
     out, cache = conv2d_forward(x, w, b, **kw)
-    assert cache.planar
+    assert cache.path == "planar"
     assert out.transpose(1, 0, 2, 3).flags.c_contiguous  # (F, N, OH, OW) memory
 
 
@@ -274,8 +274,8 @@ def _check_planar(channels, size, kernel, stride, padding, dilation, bias, dtype
 def test_planar_path_streams_chunks_and_flips(monkeypatch, compiled_min):
     """Several chunks of images, the flipped kernel and a skipped dx on the few-channel path (its
     unfold compiled and in NumPy)."""
-    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4096)
-    monkeypatch.setattr(conv_mod, "_PLANAR_COMPILED_MIN", compiled_min)
+    monkeypatch.setattr(policy, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", compiled_min)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((7, 3, 11, 10))
     w = rng.standard_normal((5, 3, 3, 2))

@@ -9,19 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cnnkit.ops.conv as conv_mod
+import cnnkit.ops.policy as policy
 from cnnkit.ops import _parallel, conv2d_backward, conv2d_forward
+from cnnkit.ops.conv_paths import planar
 from cnnkit.ops.reference import conv2d_backward_reference
 
 
 def _grads(x, w, b, padding, dout, direct):
     """(dw, db) with the direct kernel or, forced, the GEMM path."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(conv_mod, "_PLANAR_COMPILED_MIN", 0 if direct else 1 << 62)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0 if direct else 1 << 62)
     try:
         _, cache = conv2d_forward(x, w, b, padding=padding)
-        assert cache.planar
-        taken = conv_mod._direct_weight_grad_applies(cache.spec, cache.xp)
+        assert cache.path == "planar"
+        taken = planar.direct_weight_grad_applies(cache.plan)
         dx, dw, db = conv2d_backward(dout, cache, need_dx=False)
     finally:
         mp.undo()
@@ -89,12 +90,12 @@ def test_matches_pytorch_at_the_default_threshold(seed):
     rng = np.random.default_rng(30 + seed)
     c, f, k = int(rng.integers(1, 4)), int(rng.integers(2, 33)), (3, 5, 3)[seed]
     h, w = int(rng.integers(20, 36)), int(rng.integers(20, 36))
-    n = -(-conv_mod._PLANAR_COMPILED_MIN // (c * (h + k - 1) * (w + k - 1)))  # big enough on its own
+    n = -(-policy.COMPILED_MIN_ELEMENTS // (c * (h + k - 1) * (w + k - 1)))  # big enough on its own
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((f, c, k, k)) / k).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32)
     out, cache = conv2d_forward(x, wt, b, padding=k // 2)
-    assert conv_mod._direct_weight_grad_applies(cache.spec, cache.xp)
+    assert planar.direct_weight_grad_applies(cache.plan)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     _, dw, db = conv2d_backward(dout, cache, need_dx=False)
     wtt, bt = (torch.from_numpy(a).requires_grad_() for a in (wt, b))
@@ -112,8 +113,8 @@ def test_other_geometries_keep_the_gemm_path():
         ((4, 3, 3, 3), {"dilation": 2}),
     ):
         _, cache = conv2d_forward(x, rng.standard_normal(w_shape).astype(np.float32), None, **kwargs)
-        assert cache.planar and not conv_mod._direct_weight_grad_applies(cache.spec, cache.xp)
+        assert cache.path == "planar" and not planar.direct_weight_grad_applies(cache.plan)
     _, cache = conv2d_forward(x, rng.standard_normal((4, 3, 3, 3)).astype(np.float32), None, padding=1)
-    assert conv_mod._direct_weight_grad_applies(cache.spec, cache.xp)
+    assert planar.direct_weight_grad_applies(cache.plan)
     _, cache = conv2d_forward(x[:1], rng.standard_normal((4, 3, 3, 3)).astype(np.float32), None, padding=1)
-    assert not conv_mod._direct_weight_grad_applies(cache.spec, cache.xp)  # one image: too small
+    assert not planar.direct_weight_grad_applies(cache.plan)  # one image: too small

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cnnkit.ops.policy as policy
 from cnnkit.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnkit.models import Sequential
 from cnnkit.ops import _jit
@@ -25,9 +26,8 @@ def _set_numba(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
 
 @pytest.fixture(autouse=True)
 def _small_inputs_take_the_fast_path(monkeypatch):
-    from cnnkit.ops import _pool_kernels
 
-    monkeypatch.setattr(_pool_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
 
 
 def _channels_last(x: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_max_pool_fast_path_equals_reference(monkeypatch, dtype, hw, fused, numb
     )
     _set_numba(monkeypatch, numba_on)
     out, cache = fwd(x, 2)
-    assert isinstance(cache, P._FastCache) == numba_on
+    assert isinstance(cache, P.FastMaxPoolCache) == numba_on
     assert out.dtype == dtype
     dy = rng.standard_normal(out.shape).astype(dtype)
     dx = bwd(dy, cache)
@@ -164,7 +164,7 @@ def test_planar_max_pool_kernel_equals_reference(monkeypatch, dtype, hw, fused):
         else (P.max_pool2d_forward, P.max_pool2d_backward)
     )
     out, cache = fwd(x, 2)
-    assert isinstance(cache, P._FastCache) and cache.planar
+    assert isinstance(cache, P.FastMaxPoolCache) and cache.planar
     assert out.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last, for the next convolution
     dy = rng.standard_normal(out.shape).astype(dtype)
     dx = bwd(dy, cache)
@@ -190,8 +190,10 @@ def test_planar_convolution_feeds_the_planar_pooling_kernels():
     dy = np.random.default_rng(7).standard_normal((5, 4))
 
     def planar_pooling(layers):
-        kind, pool_cache = layers[2]._cache  # ("relu", cache): the fused ReLU + max pooling
-        assert kind == "relu" and pool_cache.planar
+        fused = model.children()["0"]  # the fused layer owns the caches; the layers it wraps keep none
+        assert type(fused).__name__ == "ConvReLUMaxPool2D" and layers[2]._cache is None
+        _, pool_cache = fused._cache
+        assert pool_cache.planar
 
     _assert_model_equals_unfused_layers(model, layers, x, dy, check=planar_pooling)
 

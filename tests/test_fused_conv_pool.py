@@ -7,9 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cnnkit.ops._pool_kernels as pool_kernels
-import cnnkit.ops.fused as fused
-import cnnkit.ops.winograd as winograd
+import cnnkit.ops.policy as policy
 from cnnkit.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from cnnkit.models import Sequential
 from cnnkit.ops import conv2d_backward, conv2d_forward
@@ -57,9 +55,9 @@ def test_equals_the_three_ops_bit_for_bit(n, c, f, h, w, padding, bias, dtype, s
     if min(h + pad4[0] + pad4[1], w + pad4[2] + pad4[3]) < 4:
         return  # an output smaller than 2x2: the fused op declines (tested below)
     mp = pytest.MonkeyPatch()
-    mp.setattr(winograd, "MIN_ELEMENTS", 0)
-    mp.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
-    mp.setattr(pool_kernels, "MIN_ELEMENTS", 0)  # the unfused pooling takes its compiled kernel too
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    mp.setattr(policy, "WINOGRAD_CHANNELS_PER_TILE", 1 << 20)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)  # the unfused pooling takes its compiled kernel too
     try:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -70,7 +68,7 @@ def test_equals_the_three_ops_bit_for_bit(n, c, f, h, w, padding, bias, dtype, s
         assert fused is not None
         out, conv_cache, pool_cache = fused
         ref_out, ref_conv, ref_pool = _unfused(x, wt, b, padding)
-        assert ref_conv.winograd
+        assert ref_conv.path == "winograd"
         np.testing.assert_array_equal(out, ref_out)
         np.testing.assert_array_equal(pool_cache.arg, ref_pool.arg)
         dout = rng.standard_normal(out.shape).astype(dtype)
@@ -83,7 +81,7 @@ def test_equals_the_three_ops_bit_for_bit(n, c, f, h, w, padding, bias, dtype, s
 
 
 def test_ties_go_to_the_first_tap_and_relu_clips(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     x = np.zeros((1, 16, 6, 6))
     w = np.zeros((16, 16, 3, 3))
     b = np.where(np.arange(16) % 2 == 0, 1.0, -1.0)  # constant outputs: every window a four-way tie
@@ -93,7 +91,7 @@ def test_ties_go_to_the_first_tap_and_relu_clips(monkeypatch):
 
 
 def test_declines_where_it_does_not_apply(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 16, 8, 8))
     w = rng.standard_normal((16, 16, 3, 3))
@@ -103,7 +101,7 @@ def test_declines_where_it_does_not_apply(monkeypatch):
     assert conv2d_relu_max_pool2d_forward(x[:, :, :3, :4], w, None, 0, POOL) is None  # a 1x2 output
 
 
-def _block_model(seed=0):
+def _block_model(seed=0, fuse=True):
     model = Sequential(
         [
             Conv2D(16, 3, padding=1),
@@ -117,20 +115,21 @@ def _block_model(seed=0):
         ],
         input_shape=(16, 12, 10),
         seed=seed,
+        fuse=fuse,
     )
     model.layers[list(model.layers)[0]].params["weight"] /= 4
     return model
 
 
 def test_a_model_fuses_and_matches_the_layers_one_by_one(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(pool_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 16, 12, 10)).astype(np.float32)
-    fused_model, plain_model = _block_model(), _block_model()
+    fused_model, plain_model = _block_model(), _block_model(fuse=False)
     out = fused_model.forward(x, True)
-    conv = fused_model.layers[list(fused_model.layers)[3]]
-    assert conv._cache.winograd
+    block = fused_model.children()["3"]  # Conv2D, ReLU, MaxPool2D fused when the model was built
+    assert type(block).__name__ == "ConvReLUMaxPool2D" and block._cache[0].path == "winograd"
     h = x
     for layer in plain_model.layers.values():
         h = layer.forward(h, True)
@@ -144,7 +143,7 @@ def test_a_model_fuses_and_matches_the_layers_one_by_one(monkeypatch):
 
 
 def test_numba_switched_off_before_backward(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 16, 8, 6))
     w = rng.standard_normal((16, 16, 3, 3))
@@ -169,8 +168,8 @@ def test_numba_switched_off_before_backward(monkeypatch):
 @pytest.fixture
 def direct_everywhere(monkeypatch):
     """The direct first-layer kernel and the compiled pooling for inputs of any size."""
-    monkeypatch.setattr(fused, "DIRECT_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(pool_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
 
 
 def _reference_block(x, w, b, padding):
@@ -201,8 +200,8 @@ def test_direct_first_layer_matches_the_loop_reference_exactly(n, c, f, h, w, k,
     if min(h + pad4[0] + pad4[1], w + pad4[2] + pad4[3]) < k + 1:
         return  # an output smaller than 2x2: the fused op declines (tested below)
     mp = pytest.MonkeyPatch()
-    mp.setattr(fused, "DIRECT_MIN_ELEMENTS", 0)
-    mp.setattr(pool_kernels, "MIN_ELEMENTS", 0)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
     try:
         rng = np.random.default_rng(seed)
         x = rng.integers(-3, 4, (n, c, h, w)).astype(np.float64)
@@ -211,7 +210,7 @@ def test_direct_first_layer_matches_the_loop_reference_exactly(n, c, f, h, w, k,
         result = conv2d_relu_max_pool2d_forward(x, wt, b, padding, POOL)
         assert result is not None
         out, conv_cache, pool_cache = result
-        assert conv_cache.planar and pool_cache.planar
+        assert conv_cache.path == "planar" and pool_cache.planar
         _, act, ref = _reference_block(x, wt, b, padding)
         np.testing.assert_array_equal(out, ref)
         _, ref_conv, ref_pool = _unfused(x, wt, b, padding)
@@ -276,12 +275,12 @@ def test_direct_first_layer_matches_pytorch(seed):
     rng = np.random.default_rng(20 + seed)
     c, f, k = int(rng.integers(1, 4)), int(rng.integers(4, 40)), (3, 5, 5)[seed]
     h, w = int(rng.integers(24, 40)), int(rng.integers(24, 40))
-    n = -(-fused.DIRECT_MIN_ELEMENTS // (c * (h + k - 1) * (w + k - 1)))
+    n = -(-policy.COMPILED_MIN_ELEMENTS // (c * (h + k - 1) * (w + k - 1)))
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((f, c, k, k)) / np.sqrt(k * k * c)).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32) * 0.1
     result = conv2d_relu_max_pool2d_forward(x, wt, b, k // 2, POOL)
-    assert result is not None and result[1].planar
+    assert result is not None and result[1].path == "planar"
     out, conv_cache, pool_cache = result
     dout = rng.standard_normal(out.shape).astype(np.float32)
     _, dw, db = conv2d_backward(relu_max_pool2d_backward(dout, pool_cache), conv_cache, need_dx=False)
@@ -325,17 +324,18 @@ def test_a_model_fuses_its_first_layer_and_matches_the_layers_one_by_one(direct_
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 3, 12, 10)).astype(np.float32)
 
-    def model():
+    def model(fuse):
         return Sequential(
             [Conv2D(8, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(3)],
             input_shape=(3, 12, 10),
             seed=1,
+            fuse=fuse,
         )
 
-    fused_model, plain_model = model(), model()
+    fused_model, plain_model = model(True), model(False)
     out = fused_model.forward(x, True)
-    conv = fused_model.layers[list(fused_model.layers)[0]]
-    assert conv._cache.planar
+    block = fused_model.children()["0"]
+    assert type(block).__name__ == "ConvReLUMaxPool2D" and block._cache[0].path == "planar"
     h = x
     for layer in plain_model.layers.values():
         h = layer.forward(h, True)

@@ -151,7 +151,7 @@ def test_section_8_1_one_by_one_convolution():
     b = rng.standard_normal(64)
     out, cache = conv2d_forward(x, w, b)
     assert out.shape == (1, 64, 32, 32)
-    assert cache.pointwise  # no im2col
+    assert cache.path == "pointwise"  # no im2col
     # the loop reference on a corner of the image (all of it would take a few seconds)
     corner = conv2d_reference(x[:, :, :4, :5], w, b)
     np.testing.assert_allclose(out[:, :, :4, :5], corner, rtol=1e-12, atol=1e-12)

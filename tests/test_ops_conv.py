@@ -215,15 +215,15 @@ def test_pointwise_fast_path_skips_im2col():
     b = rng.standard_normal(7)
     x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     out, cache = conv2d_forward(x_last, w, b)
-    assert cache.pointwise
+    assert cache.path == "pointwise"
     assert np.shares_memory(cache.cols, x_last)  # no im2col copy
     np.testing.assert_allclose(out, conv2d_reference(x, w, b), rtol=1e-12, atol=1e-12)
     dout = rng.standard_normal(out.shape)
     for got, exp in zip(conv2d_backward(dout, cache), conv2d_backward_reference(dout, x, w, b), strict=True):
         np.testing.assert_allclose(got, exp, rtol=1e-12, atol=1e-12)
     # stride 2 or padding leaves the fast path
-    assert not conv2d_forward(x, w, b, stride=2)[1].pointwise
-    assert not conv2d_forward(x, w, b, padding=1)[1].pointwise
+    assert conv2d_forward(x, w, b, stride=2)[1].path != "pointwise"
+    assert conv2d_forward(x, w, b, padding=1)[1].path != "pointwise"
 
 
 @pytest.mark.parametrize("kernel", [1, 2, 3, 4, (2, 5)])

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cnnkit.ops.policy as policy
 import cnnkit.ops.winograd as winograd
 from cnnkit.ops import conv2d_backward, conv2d_forward
 from cnnkit.ops._conv_kernels import col2im_rows_kernel
@@ -22,8 +23,8 @@ from finite_differences import numeric_grad
 
 @pytest.fixture
 def small_inputs_too(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(policy, "WINOGRAD_CHANNELS_PER_TILE", 1 << 20)
 
 
 def _tol(dtype, ref: np.ndarray) -> dict:
@@ -77,15 +78,15 @@ def test_matches_the_loop_reference(n, c, f, h, w, padding, bias, flip, dtype, s
     if h + pad4[0] + pad4[1] < 3 or w + pad4[2] + pad4[3] < 3:
         return  # no output: the geometry error is tested elsewhere
     mp = pytest.MonkeyPatch()
-    mp.setattr(winograd, "MIN_ELEMENTS", 0)
-    mp.setattr(winograd, "CHANNELS_PER_TILE", 1 << 20)
+    mp.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    mp.setattr(policy, "WINOGRAD_CHANNELS_PER_TILE", 1 << 20)
     try:
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
         wt = rng.standard_normal((f, c, 3, 3)).astype(dtype)
         b = rng.standard_normal(f).astype(dtype) if bias else None
         out, cache = conv2d_forward(x, wt, b, padding=padding, flip_kernel=flip)
-        assert cache.winograd
+        assert cache.path == "winograd"
         ref = conv2d_reference(x, wt, b, padding=padding, flip_kernel=flip)
         np.testing.assert_allclose(out, ref, **_tol(dtype, ref))
         assert out.dtype == dtype
@@ -107,7 +108,7 @@ def test_padding_beyond_two_keeps_winograd_forward_and_col2im_backward(small_inp
     x = rng.standard_normal((2, 16, 5, 6))
     w = rng.standard_normal((16, 16, 3, 3))
     out, cache = conv2d_forward(x, w, None, padding=3)
-    assert cache.winograd
+    assert cache.path == "winograd"
     np.testing.assert_allclose(out, conv2d_reference(x, w, None, padding=3), rtol=1e-10, atol=1e-10)
     dout = rng.standard_normal(out.shape)
     dx, dw, _ = conv2d_backward(dout, cache)
@@ -122,7 +123,7 @@ def test_finite_differences_float64(small_inputs_too):
     w = rng.standard_normal((16, 16, 3, 3)) / 4
     b = rng.standard_normal(16)
     out, cache = conv2d_forward(x, w, b, padding=1)
-    assert cache.winograd
+    assert cache.path == "winograd"
     dout = rng.standard_normal(out.shape)
     dx, dw, db = conv2d_backward(dout, cache)
     np.testing.assert_allclose(
@@ -148,12 +149,12 @@ def test_matches_pytorch_on_random_shapes(seed):
     n, c, f = int(rng.integers(2, 9)), int(rng.integers(16, 48)), int(rng.integers(16, 40))
     h, w = int(rng.integers(24, 40)), int(rng.integers(24, 40))
     padding = int(rng.integers(0, 3))
-    n = max(n, -(-winograd.MIN_ELEMENTS // (c * h * w)))  # enough images to take the path
+    n = max(n, -(-policy.COMPILED_MIN_ELEMENTS // (c * h * w)))  # enough images to take the path
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32)
     out, cache = conv2d_forward(x, wt, b, padding=padding)
-    assert cache.winograd
+    assert cache.path == "winograd"
     dout = rng.standard_normal(out.shape).astype(np.float32)
     dx, dw, db = conv2d_backward(dout, cache)
     xt, wtt, bt = (torch.from_numpy(a).requires_grad_() for a in (x, wt, b))
@@ -168,18 +169,18 @@ def test_small_inputs_and_no_numba_take_the_im2col_path(monkeypatch):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)  # one small image: below MIN_ELEMENTS
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
-    assert not conv2d_forward(x, w, None, padding=1)[1].winograd
-    monkeypatch.setattr(winograd, "MIN_ELEMENTS", 0)
-    assert conv2d_forward(x, w, None, padding=1)[1].winograd
-    assert not conv2d_forward(x[:, :8], w[:8, :8], None, padding=1)[1].winograd  # too few channels
-    assert not conv2d_forward(x, w, None, padding=1, stride=2)[1].winograd
-    assert not conv2d_forward(x, w, None, padding=2, dilation=2)[1].winograd
+    assert conv2d_forward(x, w, None, padding=1)[1].path != "winograd"
+    monkeypatch.setattr(policy, "COMPILED_MIN_ELEMENTS", 0)
+    assert conv2d_forward(x, w, None, padding=1)[1].path == "winograd"
+    assert conv2d_forward(x[:, :8], w[:8, :8], None, padding=1)[1].path != "winograd"  # too few channels
+    assert conv2d_forward(x, w, None, padding=1, stride=2)[1].path != "winograd"
+    assert conv2d_forward(x, w, None, padding=2, dilation=2)[1].path != "winograd"
     monkeypatch.setenv("CNNKIT_NO_NUMBA", "1")
     numba_available.cache_clear()
     col2im_rows_kernel.cache_clear()
     try:
         out, cache = conv2d_forward(x, w, None, padding=1)
-        assert not cache.winograd
+        assert cache.path != "winograd"
         np.testing.assert_allclose(out, conv2d_reference(x, w, None, padding=1), rtol=1e-5, atol=1e-4)
     finally:
         monkeypatch.delenv("CNNKIT_NO_NUMBA")
@@ -192,7 +193,7 @@ def test_a_nan_input_is_not_hidden(small_inputs_too):
     x = np.ones((1, 16, 8, 8))
     x[0, 3, 5, 2] = np.nan
     out, cache = conv2d_forward(x, np.ones((16, 16, 3, 3)), None, padding=1)
-    assert cache.winograd
+    assert cache.path == "winograd"
     direct = conv2d_reference(x, np.ones((16, 16, 3, 3)), None, padding=1)
     assert np.all(np.isnan(out[np.isnan(direct)]))
 
@@ -208,7 +209,7 @@ def test_numba_switched_off_between_forward_and_backward(small_inputs_too, monke
     w = rng.standard_normal((17, 16, 3, 3))
     b = rng.standard_normal(17)
     out, cache = conv2d_forward(x, w, b, padding=1)
-    assert cache.winograd
+    assert cache.path == "winograd"
     dout = rng.standard_normal(out.shape)
     monkeypatch.setenv("CNNKIT_NO_NUMBA", "1")
     numba_available.cache_clear()
@@ -230,4 +231,4 @@ def test_few_tiles_for_many_channels_take_the_im2col_path():
     args = ((3, 3), (1, 1), (1, 1), 1, (4, 4))
     assert not winograd.applies(x.shape, 512, *args)
     assert winograd.applies((256, 512, 4, 4), 512, *args) == numba_available()
-    assert not conv2d_forward(x, w, None, padding=1)[1].winograd  # 524,288 elements: not too small
+    assert conv2d_forward(x, w, None, padding=1)[1].path != "winograd"  # 524,288 elements: not too small

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import CnnkitError, TrainingError
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "summary", "explain", "show", "bench")
+SUBCOMMANDS = ("train", "evaluate", "predict", "summary", "explain", "show", "bench", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from .conv import Conv2D
 from .activations import LeakyReLU, ReLU, Softmax
 from .dense import Dense
 from .dropout import Dropout
+from .fused import ConvReLUMaxPool2D, FusedLayer, ReLUMaxPool2D
 from .norm import BatchNorm1D, BatchNorm2D
 from .pool import AdaptiveAvgPool2D, AvgPool2D, GlobalAvgPool2D, MaxPool2D, MinPool2D
 from .reshape import Flatten

@@ -17,10 +17,6 @@ def _cache(layer: Layer) -> Any:
     return layer._cache
 
 
-#: Marks a ReLU whose work a following MaxPool2D did (see :meth:`MaxPool2D.forward_after_relu`).
-FUSED = object()
-
-
 class ReLU(Layer):
     """ReLU (notes §6.1): ``max(0, x)`` elementwise; the gradient passes where ``x > 0``.
 
@@ -35,10 +31,7 @@ class ReLU(Layer):
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         self.grads = {}
-        cache = _cache(self)
-        if cache is FUSED:  # the max-pooling layer after it applied the mask
-            return dy
-        return A.relu_backward(dy, cache)
+        return A.relu_backward(dy, _cache(self))
 
 
 class LeakyReLU(Layer):

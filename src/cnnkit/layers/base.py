@@ -336,8 +336,9 @@ class LayerChain(Protocol):
     is their backward passes in reverse (:class:`cnnkit.models.Sequential`).
 
     The training floor reads a model through this protocol, never through the model classes: it runs
-    the chain without a final Softmax to train on logits (:mod:`cnnkit.training.head`). A container of
-    your own that is such a chain gets the same treatment by having a ``layers`` dict.
+    the chain as it runs (``children()``, fused layers included) without a final Softmax to train on
+    logits (:mod:`cnnkit.training.head`). A container of your own that is such a chain gets the same
+    treatment by having a ``layers`` dict.
     """
 
     layers: dict[str, Layer]

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError, TrainingError
 from ..ops._args import is_int, pair
-from ..ops.conv import _out_len, _resolve_padding, conv2d_backward, conv2d_forward
+from ..ops.conv import conv2d_backward, conv2d_forward
+from ..ops.conv_paths.common import out_len, resolve_padding
 from ..ops.fused import conv2d_relu_max_pool2d_forward
 from .base import Layer, Shape
 from .init import uniform
@@ -76,7 +77,7 @@ class Conv2D(Layer):
         self.stride = pair(stride, "stride", op)
         self.dilation = pair(dilation, "dilation", op)
         # validates padding (and 'same' with stride 1) now, not at the first call
-        self._pad4 = _resolve_padding(padding, self.kernel_size, self.stride, self.dilation, op)
+        self._pad4 = resolve_padding(padding, self.kernel_size, self.stride, self.dilation, op)
         self.padding = padding if isinstance(padding, str) else _jsonable_padding(padding)
         self.use_bias = bool(use_bias)
         #: Whether :meth:`backward` computes the gradient of the input. A model sets it False on its
@@ -97,8 +98,8 @@ class Conv2D(Layer):
                 f"(input shape {tuple(input_shape)})"
             )
         t, b, l, r = self._pad4
-        oh = _out_len(h, self.kernel_size[0], t, b, self.stride[0], self.dilation[0])
-        ow = _out_len(w, self.kernel_size[1], l, r, self.stride[1], self.dilation[1])
+        oh = out_len(h, self.kernel_size[0], t, b, self.stride[0], self.dilation[0])
+        ow = out_len(w, self.kernel_size[1], l, r, self.stride[1], self.dilation[1])
         if oh < 1 or ow < 1:
             raise ShapeError(
                 f"{self.name}: kernel {self.kernel_size} (dilation {self.dilation}) does not fit "
@@ -121,8 +122,18 @@ class Conv2D(Layer):
         self.grads = {}
 
     # ----------------------------------------------------------------- running
-    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        out, self._cache = conv2d_forward(
+    @property
+    def padding4(self) -> tuple[int, int, int, int]:
+        """The padding as ``(top, bottom, left, right)``, resolved from ``padding`` at construction."""
+        return self._pad4
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, Any]:
+        """``conv2d_forward`` with this layer's parameters: ``(out, cache)``; keeps nothing.
+
+        :meth:`forward` keeps the cache in this layer; a fused layer (:mod:`cnnkit.layers.fused`) keeps it
+        in its own cache and hands it back to :meth:`gradients`.
+        """
+        return conv2d_forward(
             x,
             self.params["weight"],
             self.params.get("bias"),
@@ -131,38 +142,38 @@ class Conv2D(Layer):
             dilation=self.dilation,
             groups=self.groups,
         )
-        return out
 
-    def forward_relu_max_pool(self, x: np.ndarray, pool: Any) -> np.ndarray | None:
-        """``pool.forward(relu(self.forward(x)))`` in one pass (:mod:`cnnkit.ops.fused`), or None
-        where that does not apply (then nothing ran). The containers call it for a Conv2D, ReLU,
-        MaxPool2D run; on success this layer and ``pool`` hold the caches their backward passes read
-        (the ReLU's backward then passes the gradient through, as after
-        :meth:`MaxPool2D.forward_after_relu`)."""
+    def run_relu_max_pool(
+        self, x: np.ndarray, pool: tuple[tuple[int, int], ...]
+    ) -> tuple[np.ndarray, Any, Any] | None:
+        """``max_pool2d(relu(conv2d(x)))`` in one pass (:func:`cnnkit.ops.fused.conv2d_relu_max_pool2d_forward`)
+        with this layer's parameters, for the pooling window ``pool`` = ``(kernel, stride, padding,
+        dilation)``: ``(pooled, conv_cache, pool_cache)``, or None where the one-pass kernels do not apply
+        (then nothing ran). Keeps nothing; :class:`cnnkit.layers.fused.ConvReLUMaxPool2D` calls it."""
         if self.stride != (1, 1) or self.dilation != (1, 1) or self.groups != 1:
             return None
-        fused = conv2d_relu_max_pool2d_forward(
-            x,
-            self.params["weight"],
-            self.params.get("bias"),
-            self._pad4,
-            (pool.pool_size, pool.stride, pool.padding, pool.dilation),
+        return conv2d_relu_max_pool2d_forward(
+            x, self.params["weight"], self.params.get("bias"), self._pad4, pool
         )
-        if fused is None:
-            return None
-        out, self._cache, pool_cache = fused
-        pool._cache = ("relu", pool_cache)
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        out, self._cache = self.run(x)
         return out
+
+    def gradients(self, dy: np.ndarray, cache: Any) -> np.ndarray | None:
+        """Set ``grads["weight"]`` (and ``grads["bias"]``) from ``dy`` and a cache of :meth:`run` (or of
+        :meth:`run_relu_max_pool`); return ``dx``, or None when ``needs_input_grad`` is False."""
+        dx, dw, db = conv2d_backward(dy, cache, need_dx=self.needs_input_grad)
+        self.grads["weight"] = dw
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """Store ``dw``/``db`` in :attr:`grads`; return ``dx``, or None when ``needs_input_grad`` is False."""
         if self._cache is None:
             raise TrainingError(f"{self.name}: backward called before forward")
-        dx, dw, db = conv2d_backward(dy, self._cache, need_dx=self.needs_input_grad)
-        self.grads["weight"] = dw
-        if self.use_bias:
-            self.grads["bias"] = db
-        return dx
+        return self.gradients(dy, self._cache)
 
     # ----------------------------------------------------------------- description
     def macs(self) -> int:

@@ -114,22 +114,9 @@ class MaxPool2D(_WindowPool, Layer):
     _forward_op = staticmethod(P.max_pool2d_forward)
     _backward_op = staticmethod(P.max_pool2d_backward)
 
-    def forward_after_relu(self, x: np.ndarray, training: bool) -> np.ndarray:
-        """``self.forward(relu(x))`` computed as ``relu(max_pool(x))`` (:func:`cnnkit.ops.relu_max_pool2d_forward`).
-
-        Exact, since ReLU is monotone; the containers call it for a ReLU followed by this layer, and the
-        ReLU's backward then passes the gradient through (this layer's backward applies the mask).
-        """
-        out, cache = P.relu_max_pool2d_forward(x, self.pool_size, self.stride, self.padding, self.dilation)
-        self._cache = ("relu", cache)
-        return out
-
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        cache = _cache(self)
-        if isinstance(cache, tuple) and len(cache) == 2 and cache[0] == "relu":
-            self.grads = {}
-            return P.relu_max_pool2d_backward(dy, cache[1])
-        return super().backward(dy)
+    def window(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """The pooling window as ``(kernel, stride, padding, dilation)`` pairs (what the fused ops take)."""
+        return (self.pool_size, self.stride, self.padding, self.dilation)
 
 
 class AvgPool2D(_WindowPool, Layer):

@@ -5,20 +5,25 @@ rule of notes section 7.2 written as a loop: dL/dx_i = J_i^T dL/dx_{i+1}.
 
 Children are named: a list gives them the names ``"0"``, ``"1"``, ... and a dict keeps its keys, so
 parameter names match torchvision's state dicts (``features.0.weight``, ``layer1.0.conv1.weight``).
+
+Fusion is decided once, when the model is built (:mod:`cnnkit.layers.fused`): :attr:`Sequential.layers`
+keeps the layers as declared (they own the parameters and are what a saved file lists), and
+:meth:`Sequential.children` gives the layers as they *run*, a ``Conv2D -> ReLU -> MaxPool2D`` run or a
+``ReLU -> MaxPool2D`` pair replaced by one fused layer that wraps them. ``forward``, ``backward`` and a
+plain loop over ``children()`` all run that list, so they give the same values bit for bit.
+``Sequential(..., fuse=False)`` or :meth:`Sequential.set_fusion` switches it off.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from ..layers.activations import FUSED, ReLU
 from ..layers.base import Layer, Shape, from_config, to_config
-from ..layers.conv import Conv2D
-from ..layers.pool import MaxPool2D
+from ..layers.fused import fuse_layers
 from .model import ModelMixin
 
 
@@ -30,6 +35,16 @@ class Sequential(ModelMixin, Layer):
     ...                    input_shape=(3, 32, 32), seed=0)
     >>> model.output_shape
     (10,)
+    >>> list(model.layers), list(model.children())  # declared; as run (conv, ReLU and pool fused)
+    (['0', '1', '2', '3', '4'], ['0', '3', '4'])
+    >>> model.set_fusion(False).children() is model.layers
+    True
+
+    Args:
+        layers: the layers in order, a list (named ``"0"``, ``"1"``, ...) or a dict of name to layer.
+        input_shape: per-sample input shape; builds the model now (else at the first batch).
+        fuse: run ``Conv2D -> ReLU -> MaxPool2D`` and ``ReLU -> MaxPool2D`` as fused layers (see the
+            module docstring); saved with the model only when False.
     """
 
     def __init__(
@@ -40,9 +55,13 @@ class Sequential(ModelMixin, Layer):
         name: str | None = None,
         seed: int | None = None,
         dtype: Any = np.float32,
+        fuse: bool = True,
     ) -> None:
         super().__init__(name=name or "sequential", seed=seed, dtype=dtype)
         self.layers: dict[str, Layer] = {}
+        #: Whether the build fuses runs of layers (see the module docstring).
+        self.fuse = bool(fuse)
+        self._run: dict[str, Layer] | None = None  # the layers as they run; None: ``layers`` itself
         items = layers.items() if isinstance(layers, Mapping) else ((None, lay) for lay in layers)
         for key, layer in items:
             self.add(layer, key)
@@ -58,10 +77,42 @@ class Sequential(ModelMixin, Layer):
             raise ConfigError(f"{self.name}: a child called {key!r} already exists")
         self.layers[key] = layer
         self.built = False
+        self._run = None
         return self
 
     def children(self) -> dict[str, Layer]:
-        return self.layers
+        """The layers as they run: :attr:`layers`, with fused runs replaced by one fused layer each once
+        the model is built with fusion on (:mod:`cnnkit.layers.fused`)."""
+        return self.layers if self._run is None else self._run
+
+    def set_fusion(self, on: bool = True) -> Sequential:
+        """Switch fusion on or off for this model and every Sequential inside it; returns ``self``.
+
+        A built model re-derives its running list at once; the parameters do not change.
+        """
+        for _, layer in [("", self), *self.named_layers()]:
+            if isinstance(layer, Sequential):
+                layer.fuse = bool(on)
+                layer._run = fuse_layers(layer.layers) if layer.fuse and layer.built else None
+        return self
+
+    # The declared layers own every parameter, buffer and name: walk them, not the fused view.
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        for key, child in self.layers.items():
+            yield prefix + key, child
+            yield from child.named_layers(f"{prefix}{key}.")
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Layer, str]]:
+        for key in self.params:
+            yield prefix + key, self, key
+        for key, child in self.layers.items():
+            yield from child.named_parameters(f"{prefix}{key}.")
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, Layer, str]]:
+        for key in self.buffers:
+            yield prefix + key, self, key
+        for key, child in self.layers.items():
+            yield from child.named_buffers(f"{prefix}{key}.")
 
     #: Whether :meth:`backward` must return dL/dx. A training loop that ignores the model's input
     #: gradient sets it False (``fit`` does); the first child then skips computing it when it can
@@ -95,6 +146,7 @@ class Sequential(ModelMixin, Layer):
     def build(self, input_shape: Shape) -> None:
         if not self.layers:
             raise ConfigError(f"{self.name}: cannot build an empty Sequential")
+        self._run = None
         self._seed_children()
         shape = tuple(int(s) for s in input_shape)
         self.input_shape = shape
@@ -115,43 +167,17 @@ class Sequential(ModelMixin, Layer):
         self.output_shape = shape
         self.built = True
         self._wire_input_grad()
+        if self.fuse:
+            self._run = fuse_layers(self.layers)
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        """Run the children in order; a ReLU followed by a MaxPool2D runs fused (same result, less work).
-
-        ``max_pool(relu(x)) == relu(max_pool(x))`` because ReLU is monotone, so the pair computes the ReLU
-        on the pooled output and its mask on the pooled gradient (:meth:`MaxPool2D.forward_after_relu`);
-        the ReLU layer's backward then passes the gradient through. A Conv2D before the pair joins them
-        when its convolution runs Winograd and the pooling is 2x2 (:meth:`Conv2D.forward_relu_max_pool`:
-        the convolution's output is pooled tile by tile and never written).
-        """
-        children = list(self.layers.values())
-        i, count = 0, len(children)
-        while i < count:
-            child = children[i]
-            if (
-                i + 2 < count
-                and type(child) is Conv2D
-                and type(children[i + 1]) is ReLU
-                and type(children[i + 2]) is MaxPool2D
-            ):
-                pooled = child.forward_relu_max_pool(x, children[i + 2])
-                if pooled is not None:  # all three in one pass (Winograd convolutions, 2x2 pooling)
-                    children[i + 1]._cache = FUSED
-                    x = pooled
-                    i += 3
-                    continue
-            if i + 1 < count and type(child) is ReLU and type(children[i + 1]) is MaxPool2D:
-                child._cache = FUSED
-                x = children[i + 1].forward_after_relu(x, training)
-                i += 2
-                continue
+        """Run :meth:`children` in order (fused layers included: same values as the layers one by one)."""
+        for child in self.children().values():
             x = child.forward(x, training)
-            i += 1
         return x
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        for child in reversed(self.layers.values()):
+        for child in reversed(self.children().values()):
             dy = child.backward(dy)
         return dy
 
@@ -160,6 +186,8 @@ class Sequential(ModelMixin, Layer):
         config["layers"] = {key: to_config(child) for key, child in self.layers.items()}
         if self.input_shape is not None:
             config["input_shape"] = list(self.input_shape)
+        if not self.fuse:
+            config["fuse"] = False
         return config
 
     @classmethod

@@ -24,6 +24,12 @@ Counts:
 Nested containers (``features``, ``layer1.0``) are expanded depth first with dotted names, the names of
 the state dict; a container's own row shows its output shape, and its parameters are on its children's
 rows. With ``max_depth`` the containers at that depth are collapsed into one row with their totals.
+
+Fusion (:mod:`cnnkit.layers.fused`): by default the table lists the layers as declared, the notes'
+table line by line, and a line under it names the runs that execute fused. With ``fused=True`` it lists
+the layers as they run: each fused layer (``Conv2D -> ReLU -> MaxPool2D`` as ``ConvReLUMaxPool2D``) is
+one row, named by the key of its first layer, with the block's output shape and its convolution's
+parameters and mult-adds.
 """
 
 from __future__ import annotations
@@ -31,9 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..layers.base import Layer, Shape
+from ..layers.base import Layer, LayerChain, Shape
+from ..layers.fused import FusedLayer
 
-__all__ = ["LayerRow", "layer_rows", "summary", "format_shape", "notes_shape"]
+__all__ = ["LayerRow", "layer_rows", "summary", "fused_runs", "format_shape", "notes_shape"]
 
 
 @dataclass(frozen=True)
@@ -78,19 +85,29 @@ def _own_params(layer: Layer) -> int:
     return int(sum(p.size for p in layer.params.values()))
 
 
-def layer_rows(model: Layer, max_depth: int | None = None) -> list[LayerRow]:
-    """The table's rows, depth first; a leaf model gives one row for itself."""
+def _kids(layer: Layer, fused: bool) -> dict[str, Layer]:
+    """A layer's rows below it: the layers as they run (``fused``; a fused layer is a leaf) or as declared."""
+    if isinstance(layer, FusedLayer):
+        return {} if fused else layer.children()
+    if isinstance(layer, LayerChain) and not fused:  # a Sequential: its layers as declared
+        return layer.layers
+    return layer.children()
+
+
+def layer_rows(model: Layer, max_depth: int | None = None, fused: bool = False) -> list[LayerRow]:
+    """The table's rows, depth first; a leaf model gives one row for itself. With ``fused`` the layers
+    as they run (a fused layer is one row), else as declared."""
     if max_depth is not None and max_depth < 1:
         raise ConfigError(f"summary: max_depth must be >= 1 or None, got {max_depth}")
-    if not model.children():
-        return [_row(model.name, model, 0, collapsed=False)]
+    if not _kids(model, fused):
+        return [_row(model.name, model, 0, collapsed=False, fused=fused)]
     rows: list[LayerRow] = []
 
     def walk(layer: Layer, prefix: str, depth: int) -> None:
-        for key, child in layer.children().items():
+        for key, child in _kids(layer, fused).items():
             name = prefix + key
-            collapse = bool(child.children()) and max_depth is not None and depth + 1 >= max_depth
-            rows.append(_row(name, child, depth, collapsed=collapse))
+            collapse = bool(_kids(child, fused)) and max_depth is not None and depth + 1 >= max_depth
+            rows.append(_row(name, child, depth, collapsed=collapse, fused=fused))
             if not collapse:
                 walk(child, name + ".", depth + 1)
 
@@ -98,14 +115,15 @@ def layer_rows(model: Layer, max_depth: int | None = None) -> list[LayerRow]:
     return rows
 
 
-def _row(name: str, layer: Layer, depth: int, collapsed: bool) -> LayerRow:
-    if collapsed or not layer.children():
+def _row(name: str, layer: Layer, depth: int, collapsed: bool, fused: bool = False) -> LayerRow:
+    kids = _kids(layer, fused)
+    if collapsed or not kids:
         params = layer.count_params(trainable_only=False)
         macs = layer.macs()
     else:  # an expanded container: its children's rows carry their own numbers
         params = _own_params(layer)
-        macs = layer.macs() - sum(child.macs() for child in layer.children().values())
-    expanded = bool(layer.children()) and not collapsed
+        macs = layer.macs() - sum(child.macs() for child in kids.values())
+    expanded = bool(kids) and not collapsed
     return LayerRow(
         name, type(layer).__name__, depth, layer.output_shape, int(params), int(macs), collapsed, expanded
     )
@@ -122,12 +140,27 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.2f} MiB"
 
 
-def summary(model: Layer, max_depth: int | None = None, input_shape: Shape | None = None) -> str:
+def fused_runs(model: Layer) -> list[str]:
+    """``"0+1+2 (ConvReLUMaxPool2D)"`` for every fused layer of a built model (dotted names), in order."""
+    found = []
+    for prefix, layer in [("", model), *((name + ".", lay) for name, lay in model.named_layers())]:
+        if isinstance(layer, LayerChain):
+            for child in layer.children().values():
+                if isinstance(child, FusedLayer):
+                    keys = "+".join(prefix + key for key in child.children())
+                    found.append(f"{keys} ({type(child).__name__})")
+    return found
+
+
+def summary(
+    model: Layer, max_depth: int | None = None, input_shape: Shape | None = None, fused: bool = False
+) -> str:
     """A Keras-like table of ``model``: layer, type, output shape, parameters, multiply-adds; totals.
 
     ``model`` must be built (created with ``input_shape=`` or run once), or ``input_shape`` (per sample,
     e.g. ``(3, 32, 32)``) is given and the model is built for it. ``max_depth`` collapses containers
     nested deeper than that many levels into one row each (``max_depth=1``: top-level children only).
+    ``fused=True`` lists the layers as they run (one row per fused layer) instead of as declared.
     See the module docstring for the layout and what each count means.
     """
     if not isinstance(model, Layer):
@@ -138,7 +171,7 @@ def summary(model: Layer, max_depth: int | None = None, input_shape: Shape | Non
                 f"summary: {model.name} is not built yet; pass input_shape=(C, H, W) or run it on a batch first"
             )
         model.build(tuple(input_shape))
-    rows = layer_rows(model, max_depth)
+    rows = layer_rows(model, max_depth, fused)
     header = ("Layer (type)", "Output shape (C, H, W)", "Notes H x W x C", "Params", "Mult-adds")
     table = [
         (
@@ -180,6 +213,9 @@ def summary(model: Layer, max_depth: int | None = None, input_shape: Shape | Non
         f"Buffers: {n_buffers:,} (batch-norm running statistics: saved, not trained, not parameters)",
         f"Mult-adds per sample: {macs:,} ({_human(macs)})",
         f"Weights memory: {nbytes:,} bytes ({_mib(nbytes)}, {model.dtype.name} parameters and buffers)",
-        "-" * width,
     ]
+    runs = fused_runs(model)
+    if runs and not fused:
+        lines.append(f"Run fused (one pass each; summary(fused=True) lists them so): {', '.join(runs)}")
+    lines.append("-" * width)
     return "\n".join(lines)

@@ -435,13 +435,15 @@ def get(
     input_shape: Shape | None = None,
     seed: int | None = None,
     dtype: Any = np.float32,
+    fuse: bool = True,
 ) -> Sequential:
     """Build the zoo model ``name`` for ``input_shape`` (per sample, ``(C, H, W)``) and ``num_classes``.
 
     Defaults come from :func:`info`. With ``seed`` the weights are reproducible bit for bit (each layer
     draws from a seed derived from ``seed`` and its dotted name); otherwise they come from the global
     generator (:func:`cnnkit.set_seed`). Returns a built :class:`Sequential` named ``name``, in
-    ``dtype``, in training mode. A ShapeError names the layer when ``input_shape`` is too small for the
+    ``dtype``, in training mode, with fusion on unless ``fuse`` is False (see :mod:`cnnkit.layers.fused`;
+    ``model.set_fusion`` switches it later). A ShapeError names the layer when ``input_shape`` is too small for the
     architecture.
     """
     entry = info(name)
@@ -451,4 +453,8 @@ def get(
         raise ConfigError(f"zoo.get({name!r}): num_classes must be an int >= 1, got {num_classes!r}")
     shape = entry.input_shape if input_shape is None else _check_shape(input_shape, name)
     layers = entry.builder(int(num_classes), shape)
-    return Sequential(layers, input_shape=shape, name=name, seed=seed, dtype=dtype)
+    model = Sequential(layers, name=name, seed=seed, dtype=dtype, fuse=fuse)
+    if not fuse:
+        model.set_fusion(False)  # the nested Sequentials (features, layer1, ...) too
+    model.build(shape)
+    return model

@@ -6,6 +6,7 @@ Each op ``name`` comes as ``name`` (forward only), ``name_forward -> (out, cache
 
 # --- conv (ops/conv.py) ---
 from .conv import col2im, conv2d, conv2d_backward, conv2d_forward, conv_output_size, im2col
+from .conv_plan import ConvPlan, conv_plan
 
 # --- end conv ---
 # --- pool, activations, losses, linear, dropout, norm ---

@@ -73,7 +73,7 @@ def col2im_rows_kernel(numba: Any):
 
 @lazy_kernel
 def planar_unfold_kernel(numba: Any):
-    """im2col transposed for the planar path (:func:`cnnkit.ops.conv._planar_unfold`), one row copy at a time.
+    """im2col transposed for the planar path (:mod:`cnnkit.ops.conv_paths.planar`), one row copy at a time.
 
     ``kernel(xp, cols, n0, nb, kh, kw, sh, sw, dh, dw, oh, ow)``: ``xp`` ``(C, N, Hp, Wp)`` is the
     padded planar input, ``cols`` ``(K [+ 1], >= nb*OH*OW)``; row ``(c*KH + p)*KW + q`` of ``cols``

@@ -1,6 +1,6 @@
 """Compiled (Numba) direct convolution of a few-channel first layer: the forward pass fused with ReLU
 and 2x2 max pooling, and the weight gradient (:func:`planar_weight_grad_kernel`, used by
-:func:`cnnkit.ops.conv._direct_weight_grad` when no input gradient is wanted).
+:mod:`cnnkit.ops.conv_paths.planar` when no input gradient is wanted).
 
 The forward kernel serves :func:`cnnkit.ops.fused.conv2d_relu_max_pool2d_forward` for the first block
 of notes §5 and §9 (RGB input, 3x3 filters) and of LeNet-5 (§10.1: grey input, 5x5 filters): stride 1,
@@ -56,7 +56,7 @@ def conv_relu_max_pool_planar_kernel(numba: Any) -> Any:
     ``n0 : n1``, stride 1, 3x3 or KHx5 filters.
 
     - ``xp`` ``(C, N, Hp, Wp)`` C-contiguous: the zero-padded input, one plane per channel
-      (:func:`cnnkit.ops.conv._pad_planar`); the convolution output is ``(Hp - KH + 1) x (Wp - KW + 1)``;
+      (:func:`cnnkit.ops.conv_paths.planar.pad_planar`); the convolution output is ``(Hp - KH + 1) x (Wp - KW + 1)``;
     - ``w`` ``(F, C, KH, KW)`` with ``(KH, KW) == (3, 3)`` or ``KW == 5``, and ``b`` ``(F,)``,
       C-contiguous (zeros for no bias);
     - ``out`` ``(N, OH // 2, OW // 2, F)`` C-contiguous: the pooled result, channels-last;

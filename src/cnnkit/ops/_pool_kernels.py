@@ -27,13 +27,9 @@ import numpy as np
 
 from ._jit import lazy_kernel
 
-#: Fewest channels for which the compiled kernels pay (measured, see the module docstring).
-MIN_CHANNELS = 16
-#: Fewest input elements for the compiled path: smaller inputs (one image in ``cnnkit predict``; a
-#: 32x32x32 activation is 32,768) stay in NumPy, so inference-only programs never import Numba (~0.3 s)
-#: for a gain of microseconds. Was 1 << 18, which left LeNet-5's second pooling (128x16x10x10 = 204,800)
-#: on NumPy: at 1 << 16 a LeNet-5 training step took 17.8 -> 15.5 ms and inference 6.6 -> 5.7 ms.
-MIN_ELEMENTS = 1 << 16
+# When these kernels run (fewest channels and elements) is decided in :mod:`cnnkit.ops.policy`
+# (``POOL_MIN_CHANNELS``, ``COMPILED_MIN_ELEMENTS``: smaller inputs, one image in ``cnnkit predict``, a
+# 32x32x32 activation is 32,768, stay in NumPy, so inference-only programs never import Numba).
 
 
 @lazy_kernel
@@ -116,7 +112,7 @@ def max_pool_2x2_planar_forward_kernel(numba: Any) -> Any:
     with a channels-last result.
 
     ``x`` is ``(C, N, H, W)`` C-contiguous: what a few-channel convolution returns (see
-    :func:`cnnkit.ops.conv._planar_forward`), so each window's two rows are contiguous runs. ``out`` is
+    :mod:`cnnkit.ops.conv_paths.planar`), so each window's two rows are contiguous runs. ``out`` is
     the ``(C, N, OH, OW)`` view of a channels-last buffer (the layout the next convolution reads), and
     ``arg`` is ``(C, N, OH, OW)`` C-contiguous, with the tap index (0..3) stored in ``x``'s float dtype.
 

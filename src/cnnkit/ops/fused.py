@@ -21,31 +21,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import winograd
+from . import policy, winograd
 from ._direct_kernels import conv_relu_max_pool_planar_kernel
-from ._jit import numba_available
 from ._parallel import run_split
-from .conv import (
-    _PLANAR_MAX_CHANNELS,
-    PaddingArg,
-    _check_conv,
-    _ConvCache,
-    _pad_channels_last,
-    _pad_planar,
-    _planar_weights,
-    _Spec,
-    _weight_matrix,
-)
-from .pool import _FastCache, pool_geometry
+from .conv import plan_conv2d
+from .conv_paths import planar
+from .conv_paths import winograd as winograd_path
+from .conv_paths.common import PaddingArg, pad_channels_last
+from .conv_plan import ConvCache, ConvPlan
+from .pool import FastMaxPoolCache, pool_geometry
 
-__all__ = ["conv2d_relu_max_pool2d_forward"]
+__all__ = ["conv2d_relu_max_pool2d_forward", "fused_path"]
 
 _POOL_2X2 = ((2, 2), (2, 2), (0, 0), (1, 1))  # kernel, stride, padding, dilation
-#: Fewest padded input elements for the direct first-layer kernel: one small image (``cnnkit predict``)
-#: takes the unfused NumPy path and never imports Numba.
-DIRECT_MIN_ELEMENTS = 1 << 16
-#: Filter sizes the direct kernel has loops for (notes §5 and §9: 3x3; LeNet-5's C1: 5x5).
-DIRECT_KERNELS = ((3, 3), (5, 5))
+
+
+def fused_path(plan: ConvPlan) -> str | None:
+    """Which one-pass block a convolution with this plan runs before 2x2 pooling: ``"winograd"``,
+    ``"direct"`` (a first layer with filters in ``policy.DIRECT_KERNELS``, stride 1, no dilation, its
+    compiled kernels on), or None (an output smaller than 2x2, or another path)."""
+    spec = plan.geometry
+    if min(spec.out_hw) < 2 or spec.stride != (1, 1) or spec.dilation != (1, 1) or spec.groups != 1:
+        return None
+    if plan.path == "winograd":
+        return "winograd"
+    if plan.path == "planar" and plan.compiled and spec.kernel in policy.DIRECT_KERNELS:
+        return "direct"
+    return None
 
 
 def conv2d_relu_max_pool2d_forward(
@@ -54,70 +56,47 @@ def conv2d_relu_max_pool2d_forward(
     b: np.ndarray | None,
     padding: PaddingArg,
     pool: tuple[tuple[int, int], ...],
-) -> tuple[np.ndarray, _ConvCache, _FastCache] | None:
+) -> tuple[np.ndarray, ConvCache, FastMaxPoolCache] | None:
     """``max_pool2d(relu(conv2d(x, w, b, padding=padding)), 2)`` in one pass, or None where it does not apply.
 
-    ``pool`` is the pooling's ``(kernel, stride, padding, dilation)`` as pairs. Applies to a stride-1,
-    undilated, one-group 3x3 convolution that takes the Winograd path (:func:`winograd.applies`) or
-    is a first layer on at most 3 channels (:func:`_direct_applies`), followed by 2x2 stride-2 pooling
-    without padding, on an output of at least 2x2; the caller runs the three ops one by one otherwise
-    (and gets their errors for bad arguments). Returns ``(pooled, conv_cache, pool_cache)``: ``pooled``
-    ``(N, F, OH // 2, OW // 2)`` with channels-last memory; the caches are what
-    :func:`cnnkit.ops.conv2d_backward` and the fused ReLU + max-pooling backward take.
+    ``pool`` is the pooling's ``(kernel, stride, padding, dilation)`` as pairs. Applies where
+    :func:`fused_path` says (the convolution's plan is Winograd, or a first layer's planar path with
+    compiled kernels), followed by 2x2 stride-2 pooling without padding; the caller runs the three ops
+    one by one otherwise (and gets their errors for bad arguments). Returns ``(pooled, conv_cache,
+    pool_cache)``: ``pooled`` ``(N, F, OH // 2, OW // 2)`` with channels-last memory; the caches are
+    what :func:`cnnkit.ops.conv2d_backward` and the fused ReLU + max-pooling backward take.
     """
     if tuple(pool) != _POOL_2X2:
         return None
-    spec = _check_conv("conv2d", x, w, b, 1, padding, 1, 1)
-    n, f, (oh, ow) = x.shape[0], w.shape[0], spec.out_hw
-    if min(oh, ow) < 2:
+    plan = plan_conv2d(x, w, b, 1, padding, 1, 1)
+    kind = fused_path(plan)
+    if kind is None:
         return None
-    if winograd.applies(x.shape, f, spec.kernel, spec.stride, spec.dilation, 1, spec.out_hw):
-        out, conv_cache, arg, planar = _winograd_block(x, w, b, spec)
-    elif _direct_applies(spec):
-        out, conv_cache, arg, planar = _direct_block(x, w, b, spec)
-    else:
-        return None
+    (oh, ow), n, f = plan.geometry.out_hw, x.shape[0], plan.filters
+    block = _winograd_block if kind == "winograd" else _direct_block
+    out, conv_cache, arg, is_planar = block(plan, x, w, b)
     g = pool_geometry((oh, ow), 2, 2, 0, 1, op="max_pool2d", empty_windows_ok=False)
-    return out, conv_cache, _FastCache("max", (n, f, oh, ow), out, arg, g, True, planar)
+    return out, conv_cache, FastMaxPoolCache("max", (n, f, oh, ow), out, arg, g, True, is_planar)
 
 
-def _winograd_block(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: _Spec):
+def _winograd_block(plan: ConvPlan, x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
     """The block through Winograd's output transform; the taps are channels-last like the pooling's."""
-    xp = _pad_channels_last(x, winograd.padding(spec.pad, spec.out_hw))
+    spec = plan.geometry
+    xp = pad_channels_last(x, winograd.padding(spec.pad, spec.out_hw))
     pooled, arg = winograd.winograd_conv_relu_max_pool(
         xp.transpose(0, 2, 3, 1), winograd.transform_weights(w), b, spec.out_hw
     )
-    conv_cache = _ConvCache(
-        None, _weight_matrix(w, 1, b), spec, w.shape[0], b is not None, False, False, xp, winograd=True
-    )
-    return pooled.transpose(0, 3, 1, 2), conv_cache, arg, False
+    return pooled.transpose(0, 3, 1, 2), winograd_path.cache_for(plan, w, b, xp), arg, False
 
 
-def _direct_applies(spec: _Spec) -> bool:
-    """A first layer (at most 3 channels, one group) with filters in ``DIRECT_KERNELS``, stride 1, no
-    dilation, on an input big enough for the compiled kernel."""
-    n, c = spec.x_shape[:2]
-    hp, wp = spec.padded_hw
-    return (
-        c <= _PLANAR_MAX_CHANNELS
-        and spec.kernel in DIRECT_KERNELS
-        and spec.stride == (1, 1)
-        and spec.dilation == (1, 1)
-        and spec.groups == 1
-        and n * c * hp * wp >= DIRECT_MIN_ELEMENTS
-        and numba_available()
-    )
-
-
-def _direct_block(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, spec: _Spec):
-    """The block through the direct kernel; the cache is the planar path's (see ``_planar_forward``),
-    and the taps are planar ``(F, N, OH // 2, OW // 2)`` like the planar pooling's."""
-    n, f, (oh, ow) = spec.x_shape[0], w.shape[0], spec.out_hw
-    xp = _pad_planar(x, spec.pad)
+def _direct_block(plan: ConvPlan, x: np.ndarray, w: np.ndarray, b: np.ndarray | None):
+    """The block through the direct kernel; the cache is the planar path's, and the taps are planar
+    ``(F, N, OH // 2, OW // 2)`` like the planar pooling's."""
+    spec = plan.geometry
+    n, f, (oh, ow) = spec.x_shape[0], plan.filters, spec.out_hw
+    xp = planar.pad_planar(x, spec.pad)
     pooled = np.empty((n, oh // 2, ow // 2, f), dtype=x.dtype)
     arg = np.empty((f, n, oh // 2, ow // 2), dtype=x.dtype)
     bias = np.zeros(f, dtype=x.dtype) if b is None else np.ascontiguousarray(b)
     run_split(conv_relu_max_pool_planar_kernel(), n, xp, np.ascontiguousarray(w), bias, pooled, arg)
-    weights = _planar_weights(w, b)
-    conv_cache = _ConvCache(None, weights, spec, f, b is not None, False, False, xp, True)
-    return pooled.transpose(0, 3, 1, 2), conv_cache, arg, True
+    return pooled.transpose(0, 3, 1, 2), planar.cache_for(plan, w, b, xp), arg, True

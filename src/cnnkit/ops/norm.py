@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DTypeError, ShapeError
-from . import _jit
+from . import policy
 from ._args import check_array
 from ._jit import lazy_kernel
 
@@ -189,7 +189,7 @@ def _colsum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
 
 def _compiled(kernel: Any) -> Any:
     """The compiled kernel, or None when Numba is off (``CNNKIT_NO_NUMBA=1``) or not installed."""
-    return kernel() if _jit.numba_available() else None
+    return kernel() if policy.numba_on() else None
 
 
 def _batch_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

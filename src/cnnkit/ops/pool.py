@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from . import _jit
+from . import policy
 from ._args import Pair, check_array, pair
 from ._parallel import run_split
 
@@ -50,6 +50,7 @@ IntOrPair = int | Sequence[int]
 
 __all__ = [
     "PoolGeometry",
+    "FastMaxPoolCache",
     "pool_geometry",
     "max_pool2d",
     "max_pool2d_forward",
@@ -261,7 +262,7 @@ def _route(
 
 # ----------------------------------------------------------------------------- compiled fast path
 @dataclass(frozen=True)
-class _FastCache:
+class FastMaxPoolCache:
     """What the compiled max-pooling backward needs: the output, argmax tap indices and the geometry."""
 
     kind: str
@@ -293,13 +294,12 @@ def _fast_kernel(x: np.ndarray, g: PoolGeometry) -> tuple[Any, bool] | None:
         and g.padding == (0, 0)
         and g.dilation == (1, 1)
         and x.dtype in (np.float32, np.float64)
-        and x.size >= _pool_kernels().MIN_ELEMENTS
-        and _jit.numba_available()
+        and policy.compiled(x.size)
     ):
         return None
     if _planar(x):
         return _pool_kernels().max_pool_2x2_planar_forward_kernel(), True
-    if x.shape[1] >= _pool_kernels().MIN_CHANNELS and _channels_last(x):
+    if x.shape[1] >= policy.POOL_MIN_CHANNELS and _channels_last(x):
         return _pool_kernels().max_pool_2x2_forward_kernel(), False
     return None
 
@@ -317,10 +317,10 @@ def _max_fast_forward(
     else:
         arg = np.empty((n, *g.out_size, c), dtype=np.int8)
         run_split(kernel, n, x.transpose(0, 2, 3, 1), out.transpose(0, 2, 3, 1), arg, relu)
-    return out, _FastCache("max", x.shape, out, arg, g, relu, planar)
+    return out, FastMaxPoolCache("max", x.shape, out, arg, g, relu, planar)
 
 
-def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
+def _max_fast_backward(dout: np.ndarray, cache: FastMaxPoolCache) -> np.ndarray:
     """dx in the input's layout: channels-last, or planar for a planar input."""
     oh, ow = cache.g.out_size
     n, c, h, w = cache.x_shape
@@ -332,7 +332,7 @@ def _max_fast_backward(dout: np.ndarray, cache: _FastCache) -> np.ndarray:
         axes = (0, 2, 3, 1)  # (N, H, W, C) views
     dx[:, :, 2 * oh :, :] = 0  # the row and column the floor rule leaves out (odd sizes)
     dx[:, :, :, 2 * ow :] = 0
-    if not _jit.numba_available():
+    if not policy.numba_on():
         kernel = None
     elif cache.planar:
         kernel = _pool_kernels().max_pool_2x2_planar_backward_kernel()
@@ -391,7 +391,7 @@ def relu_max_pool2d_forward(
 
 def relu_max_pool2d_backward(dout: np.ndarray, cache: Any) -> np.ndarray:
     """dL/dx of :func:`relu_max_pool2d_forward`: ``max_pool2d_backward(dout * [out > 0])``."""
-    if isinstance(cache, _FastCache):
+    if isinstance(cache, FastMaxPoolCache):
         return max_pool2d_backward(dout, cache)
     _, inner, pooled = cache
     dout = _check_dout(dout, pooled, "max_pool2d")
@@ -426,12 +426,12 @@ def _extreme_forward(
 
 def _extreme_backward(dout: Any, cache: Any, kind: str) -> np.ndarray:
     op = f"{kind}_pool2d"
-    cache_kind = cache.kind if isinstance(cache, _FastCache) else cache[-1]
+    cache_kind = cache.kind if isinstance(cache, FastMaxPoolCache) else cache[-1]
     if cache_kind != kind:
         raise ConfigError(
             f"{op}_backward: cache comes from {cache_kind}_pool2d_forward, expected {op}_forward"
         )
-    if isinstance(cache, _FastCache):
+    if isinstance(cache, FastMaxPoolCache):
         return _max_fast_backward(_check_dout(dout, cache.out, op), cache)
     xp, row_best, out, g, cache_kind = cache
     dout = _like_layout(_check_dout(dout, out, op), _channels_last(xp))

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ._jit import numba_available
+from . import policy
 from ._winograd_kernels import (
     winograd_input_kernel,
     winograd_output_grad_kernel,
@@ -60,12 +60,6 @@ __all__ = [
     "winograd_weight_grad",
 ]
 
-#: Fewest input channels and filters: the 36 GEMMs have inner size C (and dx's, F).
-MIN_CHANNELS = 16
-#: Most channels (input or filters, the larger) per 4x4 output tile of the batch (see :func:`applies`).
-CHANNELS_PER_TILE = 4
-#: Fewest input elements (N*C*H*W): smaller convolutions stay on the NumPy path (see the docstring).
-MIN_ELEMENTS = 1 << 16
 #: Whole images per chunk so that a chunk's transformed input and products take about this many bytes
 #: (1 to 8 MB measured: 4 MB fastest, the chunk stays in the 32 MB L3 cache).
 _CHUNK_BYTES = 1 << 22
@@ -96,8 +90,9 @@ def applies(
 ) -> bool:
     """Whether a convolution of ``x_shape`` (N, C, H, W) with ``filters`` filters takes this path.
 
-    Besides the geometry (3x3, stride 1, no dilation, one group) and ``MIN_CHANNELS``: at least one
-    4x4 output tile per ``CHANNELS_PER_TILE`` channels (``4 * tiles >= max(C, F)``, tiles over the whole
+    Besides the geometry (3x3, stride 1, no dilation, one group) and ``WINOGRAD_MIN_CHANNELS``
+    (thresholds: :mod:`cnnkit.ops.policy`): at least one 4x4 output tile per
+    ``WINOGRAD_CHANNELS_PER_TILE`` channels (``4 * tiles >= max(C, F)``, tiles over the whole
     batch). Below that
     the transformed weights (``36 * C * F`` numbers, transformed again for each gradient) and the thin
     GEMMs cost more than the multiplications saved: measured in one process, ResNet's last stage at
@@ -111,10 +106,9 @@ def applies(
         and stride == (1, 1)
         and dilation == (1, 1)
         and groups == 1
-        and min(c, filters) >= MIN_CHANNELS
-        and CHANNELS_PER_TILE * tiles >= max(c, filters)
-        and n * c * h * w >= MIN_ELEMENTS
-        and numba_available()
+        and min(c, filters) >= policy.WINOGRAD_MIN_CHANNELS
+        and policy.WINOGRAD_CHANNELS_PER_TILE * tiles >= max(c, filters)
+        and policy.compiled(n * c * h * w)
     )
 
 

@@ -32,30 +32,40 @@ class LossHead:
 
     def __init__(self, model: Layer) -> None:
         self.model = model
-        self.body: list[Layer] | None = None
+        self._ends_with_softmax = False
         chain = getattr(model, "layers", None) if isinstance(model, LayerChain) else None
         if isinstance(chain, dict) and chain:
             last = list(chain.values())[-1]
-            if last.registry_name == "Softmax" and getattr(last, "axis", 1) in (1, -1):
-                self.body = list(chain.values())[:-1]
+            self._ends_with_softmax = last.registry_name == "Softmax" and getattr(last, "axis", 1) in (1, -1)
 
     @property
     def ends_with_softmax(self) -> bool:
-        return self.body is not None
+        return self._ends_with_softmax
+
+    @property
+    def body(self) -> list[Layer] | None:
+        """The layers as they run (``children()``: fused runs included), without the final Softmax; None
+        when the model does not end in one. Read on every call: fusion may be switched after the head
+        was made."""
+        if not self._ends_with_softmax:
+            return None
+        return list(self.model.children().values())[:-1]
 
     def logits(self, x: np.ndarray, training: bool) -> np.ndarray:
         x = x.astype(self.model.dtype, copy=False)
-        if self.body is None:
+        body = self.body
+        if body is None:
             return self.model.forward(x, training)
-        for layer in self.body:
+        for layer in body:
             x = layer.forward(x, training)
         return x
 
     def backward(self, dlogits: np.ndarray) -> None:
-        if self.body is None:
+        body = self.body
+        if body is None:
             self.model.backward(dlogits)
             return
-        for layer in reversed(self.body):
+        for layer in reversed(body):
             dlogits = layer.backward(dlogits)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:

@@ -73,6 +73,7 @@ def feature_maps(model: Layer, image: Any) -> list[tuple[str, Layer, np.ndarray]
     Nested Sequential containers are walked into; residual blocks count as one layer. Outputs of a single
     pixel (global average pooling) are left out: there is no map to draw.
     """
+    from ..layers.fused import FusedLayer
     from ..models.sequential import Sequential
 
     x = _prepare(model, image)
@@ -83,6 +84,9 @@ def feature_maps(model: Layer, image: Any) -> list[tuple[str, Layer, np.ndarray]
             name = prefix + key
             if isinstance(child, Sequential):
                 x = walk(child, name + ".", x)
+                continue
+            if isinstance(child, FusedLayer):  # conv, ReLU, pooling fused: each one's map, declared names
+                x = walk(child, prefix, x)
                 continue
             x = child(x, training=False)
             if _is_recorded(child) and x.ndim == 4 and x.shape[2] * x.shape[3] > 1:
