@@ -5,7 +5,9 @@ Run it as::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv.py
 
 (the two variables, when set, can force OpenBLAS onto a slower kernel than the one it would pick for
-this CPU; the table header prints the kernel that actually ran, from ``threadpoolctl``).
+this CPU; tests and CI leave them alone). The header prints the CPU model and its vector extensions
+(AVX2, AVX-512 and its subsets, AVX-VNNI, AMX), the BLAS kernel that actually ran (``threadpoolctl``)
+and the thread counts (``machine.py``); ``--json PATH`` stores them with the times.
 
 Layers (float32, 3x3, stride 1, padding 1):
 
@@ -33,13 +35,20 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
+import sys
 import time
 from collections.abc import Callable
+from datetime import date
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_info
 
 from cnnkit.ops import conv2d_backward, conv2d_forward
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, header_lines  # noqa: E402
 
 LAYERS = [
     # (label, batch, channels in, size, filters)
@@ -154,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant")
     parser.add_argument("--keep-memory", action="store_true", help="mallopt: reuse freed pages (see above)")
+    parser.add_argument("--json", type=Path, help="also write the times and the machine facts here")
     args = parser.parse_args()
     if args.keep_memory and not keep_freed_memory():
         print("--keep-memory: mallopt is not available here; running without it")
@@ -163,8 +173,9 @@ def main() -> None:
 
     threads, blas = blas_threads()
     torch.set_num_threads(threads)
+    facts = describe(torch)  # CPU model and vector extensions, BLAS kernels, threads (see machine.py)
+    print("\n".join(header_lines(facts)))
     print(f"numpy {np.__version__}, BLAS: {blas}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"malloc: {'keep freed memory (mallopt)' if args.keep_memory else 'glibc defaults'}")
     before = gemm_gflops()
     print(f"float32 GEMM 1024^3 before: {before:.0f} GFLOP/s")
@@ -175,9 +186,10 @@ def main() -> None:
     )
     print(head)
     print("-" * len(head))
-    ratios = []
+    ratios, rows = [], []
     for label, batch, c, size, filters in LAYERS:
         r = bench_layer(torch, batch, c, size, filters, args.repeats)
+        rows.append({"layer": label, "batch": batch, "channels": c, "size": size, "filters": filters, **r})
         best_torch = min(r["torch step (nchw)"], r["torch step (cl)"])
         ratio = r["cnnkit step"] / best_torch
         ratios.append(ratio)
@@ -196,6 +208,18 @@ def main() -> None:
     print(f"float32 GEMM 1024^3 after: {after:.0f} GFLOP/s")
     if after < 0.6 * before:
         print("WARNING: GEMM throughput fell during the run (a busy machine); run it again.")
+    if args.json:
+        report = {
+            "date": str(date.today()),
+            "machine": facts,
+            "keep_memory": args.keep_memory,
+            "gemm_gflops_before": before,
+            "gemm_gflops_after": after,
+            "rows_ms": rows,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

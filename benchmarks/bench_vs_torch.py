@@ -20,11 +20,13 @@ Peak memory of a training step is measured in a fresh subprocess per library: af
 the kernel's peak-RSS counter is reset, and the figure is the peak over three steps minus the RSS before
 them (so library import size, model weights and one-off start-up costs are not counted). A 1024^3 float32 GEMM is
 timed before and after the run: if it fell below ``STARVED_GFLOPS`` the host starved a CPU and the run
-is flagged. The BLAS kernel that ran is reported (threadpoolctl), with OpenBLAS's idle spin, which
-:func:`cnnkit.runtime.tune` shortens (``OPENBLAS_THREAD_TIMEOUT``), called here where the ``cnnkit``
-command calls it, before any timing, so cnnkit runs tuned exactly as the command runs it (the spin and
-glibc's malloc thresholds, process-wide, so PyTorch gets the same allocator settings); PyTorch's MKL
-and OpenMP threads do not read the spin.
+is flagged. The header and the JSON (``machine``) name the CPU model and its vector extensions
+(AVX2, AVX-512 with its subsets, AVX-VNNI, AMX), every BLAS with the kernel that ran (threadpoolctl's
+``internal_api``, ``version``, ``architecture``) and the thread counts (``machine.py``), with OpenBLAS's
+idle spin, which :func:`cnnkit.runtime.tune` shortens (``OPENBLAS_THREAD_TIMEOUT``), called here where
+the ``cnnkit`` command calls it, before any timing, so cnnkit runs tuned exactly as the command runs it
+(the spin and glibc's malloc thresholds, process-wide, so PyTorch gets the same allocator settings);
+PyTorch's MKL and OpenMP threads do not read the spin.
 """
 
 from __future__ import annotations
@@ -233,12 +235,12 @@ def main() -> int:
     from threadpoolctl import threadpool_info
 
     from cnnkit.bench import blas_info
+    from machine import describe, header_lines
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
-            print(f"warning: {var}={os.environ[var]} is set; it slows NumPy's BLAS (see the docstring)")
+    facts = describe(torch)  # CPU model and vector extensions, BLAS kernels, threads (see machine.py)
+    print("\n".join(header_lines(facts)), flush=True)
     blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
     gemm_before = gemm_gflops()
     networks = [(n, b) for n, b in NETWORKS if not args.models or n in args.models]
@@ -260,6 +262,7 @@ def main() -> int:
         "numpy": np.__version__,
         "torch": torch.__version__,
         "threads": threads,
+        "machine": facts,
         "blas": blas_info(),
         "blas_kernel": [p.get("architecture") for p in blas],
         "gemm_gflops_before": gemm_before,
@@ -276,7 +279,9 @@ def main() -> int:
 
 
 def markdown_table(report: dict) -> str:
+    cpu = report["machine"]["cpu"]["summary"] if "machine" in report else "CPU not recorded"
     lines = [
+        f"CPU: {cpu}",
         f"BLAS: {report['blas']} (kernel {', '.join(map(str, report['blas_kernel']))}); "
         f"GEMM 1024^3 before/after: {report['gemm_gflops_before']:.0f}/{report['gemm_gflops_after']:.0f} GFLOP/s"
         + (" — STARVED, discard" if report["starved"] else ""),

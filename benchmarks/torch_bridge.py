@@ -54,8 +54,8 @@ def to_torch_module(layer: Any) -> nn.Module:
     """The ``torch.nn`` module computing what the cnnkit ``layer`` computes (weights not copied)."""
     kind = type(layer).__name__
     cfg = layer.get_config()
-    if kind == "Sequential":
-        return nn.Sequential(OrderedDict((k, to_torch_module(c)) for k, c in layer.children().items()))
+    if kind == "Sequential":  # its declared layers (children() gives fused runs as one layer each)
+        return nn.Sequential(OrderedDict((k, to_torch_module(c)) for k, c in layer.layers.items()))
     if kind in ("BasicBlock", "Bottleneck"):
         children = {k: to_torch_module(c) for k, c in layer.children().items()}
         return _Residual(children, bottleneck=kind == "Bottleneck")

@@ -276,7 +276,7 @@ CORRUPT = {
     "extra key": (_file({"a": {**T, "offsets": [0, 8]}}, b"\0" * 8), "unexpected \\['offsets'\\]"),
     "bad dtype": (_file({"a": {**T, "dtype": "F128"}}, b"\0" * 8), "unknown dtype 'F128'"),
     "non-string dtype": (_file({"a": {**T, "dtype": 4}}, b"\0" * 8), "unknown dtype 4"),
-    "bf16": (_file({"a": {**T, "dtype": "BF16", "shape": [4]}}, b"\0" * 8), "NumPy cannot represent"),
+    "fp8": (_file({"a": {**T, "dtype": "F8_E4M3", "shape": [8]}}, b"\0" * 8), "NumPy cannot represent"),
     "negative dim": (_file({"a": {**T, "shape": [-2]}}, b"\0" * 8), "non-negative integers"),
     "float dim": (_file({"a": {**T, "shape": [2.0]}}, b"\0" * 8), "non-negative integers"),
     "bool dim": (_file({"a": {**T, "shape": [True, 2]}}, b"\0" * 8), "non-negative integers"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-HEAVY = ("numba", "matplotlib", "tqdm", "torch", "PIL", "scipy", "threadpoolctl")
+HEAVY = ("numba", "matplotlib", "tqdm", "torch", "PIL", "scipy", "threadpoolctl", "onnx", "onnxruntime")
 
 
 def _imported_after(code: str) -> set[str]:
@@ -32,3 +32,7 @@ def test_building_and_running_a_model_needs_no_numba_or_plotting():
         "m.predict(np.zeros((1, 1, 8, 8), np.float32))\n"
     )
     assert not ({"matplotlib", "torch", "tqdm", "numba"} & _imported_after(code))
+
+
+def test_cnnkit_onnx_imports_no_onnx_until_used():
+    assert not ({"onnx", "onnxruntime", "torch"} & _imported_after("import cnnkit, cnnkit.onnx"))

@@ -44,7 +44,7 @@ def test_filter_transform_is_g_w_g_transposed():
         for c in range(4):
             expected = winograd._G @ w[f, c] @ winograd._G.T
             np.testing.assert_allclose(u[:, c, f].reshape(6, 6), expected, rtol=1e-14, atol=1e-14)
-    assert winograd.transform_weights(w.astype(np.float32)).dtype == np.float32
+    assert winograd.transform_weights(w.astype(np.float32)).dtype == winograd.product_dtype(np.float32)
 
 
 def test_one_tile_by_hand():

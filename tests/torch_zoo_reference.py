@@ -223,3 +223,34 @@ def on_meta(factory, *args, **kwargs) -> nn.Module:
     """Build a module on the meta device: names and shapes without allocating or initialising weights."""
     with torch.device("meta"):
         return factory(*args, **kwargs)
+
+
+def lenet5(num_classes: int = 10) -> nn.Sequential:
+    """cnnkit's ``lenet5`` at its default (1, 32, 32) input: same layer indices, so the same names."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
+    )  # fmt: skip
+
+
+def simple_cnn(num_classes: int = 10) -> nn.Sequential:
+    """cnnkit's ``simple_cnn`` (notes section 5) at (3, 32, 32)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(4096, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )  # fmt: skip
+
+
+def randomise_batch_norm(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm2d non-trivial statistics and affine parameters (defaults make it ~identity)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in module.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                n = mod.num_features
+                mod.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                mod.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                mod.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                mod.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+    return module

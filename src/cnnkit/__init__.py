@@ -38,6 +38,7 @@ from .errors import (
 )
 from .gradcheck import gradcheck
 from .io.model_file import load_model, save_model
+from .io.weights import load_weights
 from .models import Sequential
 from .ops.conv import conv_output_size
 from .utils.random import set_seed
@@ -51,6 +52,7 @@ _LAZY = {
     "explain": "cnnkit.explain",
     "viz": "cnnkit.viz",
     "runtime": "cnnkit.runtime",
+    "onnx": "cnnkit.onnx",
 }
 
 
@@ -76,6 +78,7 @@ __all__ = [
     "gradcheck",
     "layers",
     "load_model",
+    "load_weights",
     "models",
     "ops",
     "save_model",

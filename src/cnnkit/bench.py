@@ -201,7 +201,8 @@ def _runtime_state() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    """Machine and library facts recorded with the results."""
+    """Machine and library facts recorded with the results (the CPU's as :func:`cpu_info` gives them,
+    every BLAS as :func:`blas_pools`)."""
     import os
 
     return {
@@ -209,10 +210,101 @@ def environment() -> dict[str, Any]:
         "numpy": np.__version__,
         "blas": blas_info(),
         "runtime": _runtime_state(),
+        "blas_pools": blas_pools(),
+        "cpu": cpu_info(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "platform": platform.platform(),
     }
+
+
+# ----------------------------------------------------------------------------- the machine, for reports
+#: Vector-extension flags reported (Linux ``/proc/cpuinfo`` names). AVX-512 and AMX are reported with
+#: every subset the CPU has (``avx512f`` is the foundation every AVX-512 CPU has).
+_VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx_vnni_int8", "avx_ne_convert")
+
+
+def parse_cpuinfo(text: str) -> dict[str, Any]:
+    """The CPU facts in the text of Linux's ``/proc/cpuinfo`` (first processor's ``model name`` and
+    ``flags``; ARM's ``Features``). Returns ``{"model", "avx2", "avx512f", "avx512", "avx_vnni",
+    "amx", "flags"}``: ``avx512`` and ``amx`` list every AVX-512 / AMX subset present (sorted),
+    ``flags`` the vector flags of :data:`_VECTOR_FLAGS` present."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = " ".join(value.split())
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return {
+        "model": model or "unknown",
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512": sorted(f for f in flags if f.startswith("avx512")),
+        "avx_vnni": "avx_vnni" in flags,
+        "amx": sorted(f for f in flags if f.startswith("amx")),
+        "flags": [f for f in _VECTOR_FLAGS if f in flags],
+    }
+
+
+def cpu_info() -> dict[str, Any]:
+    """This machine's CPU: :func:`parse_cpuinfo` of ``/proc/cpuinfo`` on Linux (elsewhere the model
+    from :mod:`platform` and no flags), plus ``logical_cpus`` and ``usable_cpus`` (this process's
+    affinity) and ``summary``, one line such as ``"AMD EPYC 7B13; AVX2, no AVX-512, no AVX-VNNI, no
+    AMX"``."""
+    import os
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            info = parse_cpuinfo(handle.read())
+    except OSError:
+        info = parse_cpuinfo("")
+        info["model"] = platform.processor() or platform.machine() or "unknown"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count() or 1
+    info["logical_cpus"] = os.cpu_count()
+    info["usable_cpus"] = usable
+    info["summary"] = cpu_summary(info)
+    return info
+
+
+def cpu_summary(info: dict[str, Any]) -> str:
+    """One line of :func:`parse_cpuinfo`'s facts: model; AVX2; AVX-512 (with its subsets); AVX-VNNI; AMX."""
+    parts = [
+        "AVX2" if info["avx2"] else "no AVX2",
+        f"AVX-512 ({' '.join(info['avx512'])})" if info["avx512f"] else "no AVX-512",
+        "AVX-VNNI" if info["avx_vnni"] else "no AVX-VNNI",
+        f"AMX ({' '.join(info['amx'])})" if info["amx"] else "no AMX",
+    ]
+    return f"{info['model']}; {', '.join(parts)}"
+
+
+def blas_pools() -> list[dict[str, Any]]:
+    """Every BLAS loaded in this process (NumPy's, and PyTorch's MKL once torch is imported) as
+    threadpoolctl sees it: ``internal_api`` (openblas, mkl, blis), ``version``, ``architecture`` (the
+    kernel OpenBLAS chose at load time: Haswell, SkylakeX, Zen, ...; BLIS's ``architecture``; MKL
+    reports none), ``threading_layer``, ``num_threads`` and ``filepath``. Empty without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("internal_api", "version", "architecture", "threading_layer", "num_threads", "filepath")
+    return [{k: p.get(k) for k in keys} for p in threadpool_info() if p.get("user_api") == "blas"]
+
+
+def blas_kernel_line() -> str:
+    """One line per :func:`blas_pools`: ``"openblas 0.3.31 kernel Haswell, 2 threads (pthreads)"``."""
+    pools = blas_pools()
+    if not pools:
+        return "BLAS kernel unknown (threadpoolctl not installed)"
+    return "; ".join(
+        f"{p['internal_api']} {p['version']} kernel {p['architecture'] or 'n/a'}, {p['num_threads']} threads"
+        + (f" ({p['threading_layer']})" if p["threading_layer"] else "")
+        for p in pools
+    )
 
 
 def run_benchmarks(

@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command (floor 9): ``cnnkit train | evaluate | predict | summary | explain | show | bench``.
+"""The ``cnnkit`` command (floor 9): ``cnnkit train | evaluate | predict | summary | explain | show | bench | serve | export``.
 
 Each subcommand lives in its own module ``cnnkit/cli/<name>.py`` with a ``register(subparsers)`` function
 that adds its parser and sets ``func`` to a ``run(args) -> int`` callable. Modules import only
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import CnnkitError, TrainingError
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "summary", "explain", "show", "bench", "serve")
+SUBCOMMANDS = ("train", "evaluate", "predict", "summary", "explain", "show", "bench", "serve", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

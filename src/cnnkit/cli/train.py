@@ -173,6 +173,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only N training images (quick tries)")
     add_threads_argument(p)
     p.add_argument(
+        "--init-weights",
+        metavar="FILE",
+        help="start from a .safetensors state dict (torchvision names), .cnnkit or .onnx",
+    )
+    p.add_argument(
+        "--new-head",
+        action="store_true",
+        help="with --init-weights: a new last Dense layer when the class count differs",
+    )
+    p.add_argument(
+        "--freeze",
+        metavar="PREFIX[,PREFIX]",
+        help="keep the parameters under these dotted names fixed (e.g. features)",
+    )
+    p.add_argument(
         "--verbose",
         "-v",
         action="store_true",
@@ -192,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import ConfigError
+    from ..training.finetune import check_finetuning
     from ._data import data_label
     from ._files import check_output_dir, guard_outputs
     from ._models import require_model_name
@@ -210,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
     if args.test_split and args.data in DATASET_NAMES:
         raise ConfigError(f"--test-split is for folders; {args.data} has its own test split")
     require_model_name(args.model)
+    if resume is None:  # a resumed run takes its weights from the checkpoint
+        check_finetuning(args.init_weights, args.new_head, args.freeze)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_label(args.data)}"
     names = ("model.cnnkit", "metrics.json", "curves.png", "checkpoint.cnnkit")
     paths = {name: out / name for name in names}
@@ -330,6 +348,7 @@ def _train(
     from ..data import Normalize
     from ..data.preprocess import Preprocess
     from ..errors import DataError
+    from ..training.finetune import prepare_finetuning
     from ..training.fit import fit
     from ._data import build_for_data, fit_normalize, load_data
     from ._models import make_optimizer
@@ -360,6 +379,13 @@ def _train(
             "none of them (it is taken per class); use more images (--limit) or --validation-split 0"
         )
     model = build_for_data(args.model, data, seed=args.seed)
+    fresh = resume is None  # a resumed run keeps the freeze; its weights come from the checkpoint
+    prepare_finetuning(
+        model,
+        args.init_weights if fresh else None,
+        new_head=args.new_head and fresh,
+        freeze_prefixes=args.freeze,
+    )
     if args.dtype != "float32":
         model.astype(args.dtype)
     print(

@@ -53,8 +53,12 @@ DTYPES: dict[str, np.dtype] = {
     "C64": np.dtype("<c8"),
 }
 
-#: dtypes the format defines but NumPy has no native type for.
-_UNREADABLE = {"BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
+#: bfloat16 has no NumPy type: its 16-bit patterns are read as this and widened to float32 (the top half
+#: of a float32's bits, exactly), so PyTorch checkpoints saved in bfloat16 load.
+_BF16 = np.dtype([("bf16", "<u2")])
+
+#: dtypes the format defines but NumPy has no native type for (BF16 is widened, see above).
+_UNREADABLE = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2"}
 
 _NAME_OF = {dt.newbyteorder("<"): name for name, dt in DTYPES.items()}
 _MAX_NDIM = 64  # NumPy's limit
@@ -217,9 +221,12 @@ def _check_entry(
     name = entry["dtype"]
     if name in _UNREADABLE:
         raise _fail(path, f"{where} has dtype {name}, which NumPy cannot represent")
-    if not isinstance(name, str) or name not in DTYPES:
-        raise _fail(path, f"{where} has unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    dtype = DTYPES[name]
+    if name == "BF16":
+        dtype = _BF16
+    elif not isinstance(name, str) or name not in DTYPES:
+        raise _fail(path, f"{where} has unknown dtype {name!r}; expected one of {', '.join(DTYPES)}, BF16")
+    else:
+        dtype = DTYPES[name]
     shape = entry["shape"]
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise _fail(
@@ -334,6 +341,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, Any]]
     except IsADirectoryError:
         raise _fail(name, "is a directory, not a safetensors file") from None
     names = {dt: key for key, dt in DTYPES.items()}
+    names[_BF16] = "BF16"
     return (
         {
             key: {"dtype": names[dtype], "shape": list(shape), "data_offsets": [begin, end]}
@@ -345,6 +353,8 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, Any]]
 
 def load_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file into ``({name: array}, metadata)``; arrays are fresh, writable, native-order.
+
+    ``BF16`` tensors come back as float32 (bfloat16 is the upper half of float32's bits: exact).
 
     Never unpickles and never executes anything from the file. The whole header is validated against the
     file size before any tensor is allocated; every violation raises :class:`FileFormatError`.
@@ -372,5 +382,7 @@ def load_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict
                     array = array.view(dtype).astype(dtype.newbyteorder("="))
             if dtype == np.bool_ and array.size:
                 np.not_equal(array.view(np.uint8), 0, out=array)  # any non-zero byte is True
+            if dtype == _BF16:
+                array = (array.view("<u2").astype(np.uint32) << 16).view(np.float32)
             tensors[key] = array
     return tensors, metadata

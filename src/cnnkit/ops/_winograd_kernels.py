@@ -49,9 +49,9 @@ def winograd_input_kernel(numba: Any) -> Any:
         rows = v.shape[0]
         nb = rows // (th * tw)
         lim = (4 * tw + 2) * c_
-        rt = np.empty((6, lim), dtype=xp.dtype)  # one tile row after the row stage, B^T d
+        rt = np.empty((6, lim), dtype=v.dtype)  # one tile row after the row stage, B^T d
         t0, t1, t2, t3, t4, t5 = rt[0], rt[1], rt[2], rt[3], rt[4], rt[5]
-        two, four, five = xp.dtype.type(2), xp.dtype.type(4), xp.dtype.type(5)
+        two, four, five = v.dtype.type(2), v.dtype.type(4), v.dtype.type(5)
         v2 = v.reshape(rows, 36 * c_)
         for b in range(nb):
             img = xp[n0 + b].reshape(hp, wp * c_)
@@ -118,13 +118,13 @@ def winograd_output_kernel(numba: Any) -> Any:
         nb = rows // (th * tw)
         m2 = m.reshape(rows, 36 * f_)
         wid = 4 * tw * f_
-        st = np.empty((6, wid), dtype=out.dtype)  # one tile row after the column stage, M A
+        st = np.empty((6, wid), dtype=m.dtype)  # one tile row after the column stage, M A
         lim = ow_ * f_  # an output row, channels-last; the last tile may reach past it
-        brow = np.empty(lim, dtype=out.dtype)
+        brow = np.empty(lim, dtype=m.dtype)
         for k in range(lim):
             brow[k] = bias[k % f_]
         s0, s1, s2, s3, s4, s5 = st[0, :lim], st[1, :lim], st[2, :lim], st[3, :lim], st[4, :lim], st[5, :lim]
-        two, four, eight = out.dtype.type(2), out.dtype.type(4), out.dtype.type(8)
+        two, four, eight = m.dtype.type(2), m.dtype.type(4), m.dtype.type(8)
         for b in range(nb):
             img = out[n0 + b].reshape(oh_, lim)
             for ty in range(th):
@@ -192,10 +192,10 @@ def winograd_output_grad_kernel(numba: Any) -> Any:
         wid = 4 * tw * f_
         lim = ow_ * f_
         src = np.zeros((4, wid), dtype=dy.dtype)  # four output-gradient rows, zero past OW (and OH)
-        rt = np.empty((6, wid), dtype=dy.dtype)  # after the row stage, A dY
+        rt = np.empty((6, wid), dtype=dm.dtype)  # after the row stage, A dY
         y0_, y1_, y2_, y3_ = src[0], src[1], src[2], src[3]
         t0, t1, t2, t3, t4, t5 = rt[0], rt[1], rt[2], rt[3], rt[4], rt[5]
-        two, four, eight = dy.dtype.type(2), dy.dtype.type(4), dy.dtype.type(8)
+        two, four, eight = dm.dtype.type(2), dm.dtype.type(4), dm.dtype.type(8)
         dm2 = dm.reshape(rows, 36 * f_)
         for b in range(nb):
             img = dy[n0 + b].reshape(oh_, lim)
@@ -278,7 +278,7 @@ def winograd_output_relu_pool_kernel(numba: Any) -> Any:
         m2 = m.reshape(rows, 36 * f_)
         wid = 4 * tw * f_
         st = np.empty((6, wid), dtype=m.dtype)  # one tile row after the column stage, M A
-        yr = np.empty((4, wid), dtype=m.dtype)  # its four output rows, channels-last
+        yr = np.empty((4, wid), dtype=pooled.dtype)  # its four output rows, rounded as the output kernel's
         brow = np.empty(wid, dtype=m.dtype)
         for k in range(wid):
             brow[k] = bias[k % f_]

@@ -21,15 +21,31 @@ weight gradient is the adjoint of the same algorithm with respect to ``g`` (note
 through each step): ``dg = G^T [ sum_tiles (B^T d B) * (A dY A^T) ] G``, 36 GEMMs whose inner size is
 the number of tiles (:func:`winograd_weight_grad`).
 
-Accuracy: exact in exact arithmetic; in floating point the transforms add and subtract values up
-to ~10x the inputs, so float32 results differ from the direct sum by a few units in the 6th
-significant digit of the largest output (measured: 4e-4 on outputs up to 80 with ``C = 32``, against
-7e-5 for im2col; float64: 1e-12). The tests hold float32 to ``2e-5 * max|output|`` against the loop
-reference and PyTorch. A non-finite input makes its whole 4x4 output tile non-finite
-(``inf - inf``), not only the outputs whose windows hold it.
+Accuracy: exact in exact arithmetic. In floating point the transforms grow the values: ``V`` and
+``U`` hold sums up to ~10x the inputs and the weights, so each product ``M`` is a sum over channels
+of terms much larger than the output it contributes to, and ``A^T M A`` (entries up to 8) cancels them
+again. With float32 products the GEMMs' rounding error, relative to those large terms, dominates:
+norm-wise relative errors against float64 of 1.4e-6 forward, 1.7e-6 for ``dx`` and 2.3e-6 for ``dw``,
+against im2col's 2.0e-7, 1.5e-7 and 2.2e-7 and PyTorch's 3.1e-7, 2.1e-7 and 1.6e-6 (64x64x16x16
+inputs after a ReLU, 64 filters; 2026-12-07, AMD EPYC machine). A NumPy model of the algorithm puts
+2.2e-7 of it on rounding ``U``, 2.4e-7 on rounding ``V`` and the rest on the float32 sums; other
+interpolation points (0, +-1, 1/2, -2) only gain 1.5x, float64 transforms around float32 GEMMs 1.1x,
+and scaling tiles nothing (floating-point error is scale-free). So for float32 inputs everything
+between the float32 input and the float32 output runs in float64 (:data:`MIXED_PRECISION`,
+:func:`product_dtype`): ``U`` from the float32 weights, the input transform (sums of small multiples
+of float32 numbers: exact in float64), the 36 GEMMs and the output transform's first stage; the result
+is rounded to float32 once. Measured on the same layer: 4.6e-8 forward, 8.4e-8 ``dx``, 6.9e-8 ``dw``,
+better than im2col's float32 sums over ``9C`` terms (products in float64 with float32 transforms gave
+3.7e-7, 4.5e-7, 6.9e-8). The price is the GEMMs' speed (float64 runs at half float32's vector width)
+and twice the memory of ``U`` and of the chunk buffers; see benchmarks/README.md. float64 inputs:
+1e-12.
+The tests hold float32 to ``2e-5 * max|output|`` against the loop reference and PyTorch, and the
+norm-wise errors to im2col's or better (tests/test_float32_accuracy.py). A non-finite input makes its whole
+4x4 output tile non-finite (``inf - inf``), not only the outputs whose windows hold it.
 
-Speed (measured on the project machine, simple_cnn's second layer, 64x32x16x16 -> 64 filters, against
-the im2col path in the same process): forward 6.9 -> 3.7 ms; backward (``dx`` and ``dw``) 18.9 -> 11.4
+Speed (measured on the AMD EPYC machine on 2026-11-25 with float32 products, before
+:data:`MIXED_PRECISION`; simple_cnn's second layer, 64x32x16x16 -> 64 filters, against the im2col path
+in the same process): forward 6.9 -> 3.7 ms; backward (``dx`` and ``dw``) 18.9 -> 11.4
 ms. The weight gradient's 36 GEMMs are small (``C x tiles @ tiles x F``) and run at only ~50-60
 GFLOP/s here, so it gains least (im2col's ~7.5 -> ~5 ms). It needs the compiled transforms: without
 Numba, for small inputs (one image in ``cnnkit predict``, which then never imports Numba) and for few
@@ -60,6 +76,9 @@ __all__ = [
     "winograd_weight_grad",
 ]
 
+#: Float32 convolutions run everything between the float32 input and output in float64 (see "Accuracy"
+#: in the module docstring and :func:`product_dtype`); False runs them in float32 (~8x im2col's error).
+MIXED_PRECISION = True
 #: Whole images per chunk so that a chunk's transformed input and products take about this many bytes
 #: (1 to 8 MB measured: 4 MB fastest, the chunk stays in the 32 MB L3 cache).
 _CHUNK_BYTES = 1 << 22
@@ -112,6 +131,15 @@ def applies(
     )
 
 
+def product_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of the transformed weights ``U`` and tiles ``V``, the products ``M = V @ U`` and the
+    weight gradient's sums ``dU`` for a convolution in ``dtype``: float64 for float32 when
+    :data:`MIXED_PRECISION` (the compiled transforms then compute in float64 too: they work in the dtype
+    of the buffer they write), else ``dtype``."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float64) if MIXED_PRECISION and dtype == np.float32 else dtype
+
+
 def padding(pad: tuple[int, int, int, int], out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
     """``pad`` (top, bottom, left, right) grown at the bottom and right so the padded input covers
     whole 6x6 tiles: ``4 * ceil(OH / 4) + 2`` rows (the extra rows are zeros and reach no output)."""
@@ -122,11 +150,13 @@ def padding(pad: tuple[int, int, int, int], out_hw: tuple[int, int]) -> tuple[in
 
 def transform_weights(w: np.ndarray) -> np.ndarray:
     """``U = G w G^T`` for every (filter, channel) pair of ``w`` (F, C, 3, 3): ``(36, C, F)``, in
-    ``w``'s dtype, as one ``(36, 9) @ (9, C*F)`` product (``U`` is 4x the size of ``w``: 38 MB for a
-    512 -> 512 layer in float32, so no float64 temporary)."""
+    :func:`product_dtype` of ``w``'s dtype (float64 for float32 weights with :data:`MIXED_PRECISION`,
+    so ``U`` is not rounded to float32 either), as one ``(36, 9) @ (9, C*F)`` product. ``U`` is 4x the
+    size of ``w`` (8x in float64: 75 MB for a 512 -> 512 layer), so no other temporary of its size."""
     f, c = w.shape[:2]
-    taps = np.ascontiguousarray(w.reshape(f, c, 9).transpose(2, 1, 0))  # [(i, j), c, f]
-    return (_GG.astype(w.dtype) @ taps.reshape(9, c * f)).reshape(36, c, f)
+    dtype = product_dtype(w.dtype)
+    taps = np.ascontiguousarray(w.reshape(f, c, 9).transpose(2, 1, 0), dtype=dtype)  # [(i, j), c, f]
+    return (_GG.astype(dtype) @ taps.reshape(9, c * f)).reshape(36, c, f)
 
 
 def input_grad_weights(w_taps: np.ndarray) -> np.ndarray:
@@ -150,9 +180,10 @@ def _transformed_chunks(xp: np.ndarray, f: int, out_hw: tuple[int, int]) -> Iter
     oh, ow = out_hw
     th, tw = -(-oh // 4), -(-ow // 4)
     tiles = th * tw
-    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * xp.itemsize)))
-    v_buf = np.empty(images * tiles * 36 * c, dtype=xp.dtype)
-    m_buf = np.empty(images * tiles * 36 * f, dtype=xp.dtype)
+    dtype = product_dtype(xp.dtype)
+    images = max(1, min(n, _CHUNK_BYTES // (tiles * 36 * (c + f) * dtype.itemsize)))
+    v_buf = np.empty(images * tiles * 36 * c, dtype=dtype)
+    m_buf = np.empty(images * tiles * 36 * f, dtype=dtype)
     transform_in = winograd_input_kernel()
     for n0 in range(0, n, images):
         nb = min(images, n - n0)
@@ -174,6 +205,7 @@ def winograd_conv(
     f = u.shape[2]
     out = np.empty((xp.shape[0], *out_hw, f), dtype=xp.dtype)
     bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
+    u = u.astype(product_dtype(xp.dtype), copy=False)
     transform_out = winograd_output_kernel()
     for n0, th, tw, v, m in _transformed_chunks(xp, f, out_hw):
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
@@ -193,6 +225,7 @@ def winograd_conv_relu_max_pool(
     pooled = np.empty((xp.shape[0], oh // 2, ow // 2, f), dtype=xp.dtype)
     arg = np.empty(pooled.shape, dtype=np.int8)
     bias = np.zeros(f, dtype=xp.dtype) if bias is None else bias
+    u = u.astype(product_dtype(xp.dtype), copy=False)
     transform_out = winograd_output_relu_pool_kernel()
     for n0, th, tw, v, m in _transformed_chunks(xp, f, out_hw):
         np.matmul(v.transpose(1, 0, 2), u, out=m.transpose(1, 0, 2))
@@ -210,12 +243,12 @@ def winograd_weight_grad(xp: np.ndarray, dy: np.ndarray) -> np.ndarray:
     C-contiguous, as :func:`padding` says) and ``dy`` is C-contiguous. A chunk of images at a time.
     """
     c, (_, oh, ow, f) = xp.shape[3], dy.shape
-    du = np.zeros((36, c, f), dtype=xp.dtype)
+    du = np.zeros((36, c, f), dtype=product_dtype(xp.dtype))
     part = np.empty_like(du)
     transform_grad = winograd_output_grad_kernel()
     for n0, th, tw, v, dm in _transformed_chunks(xp, f, (oh, ow)):
         transform_grad(dy, dm, n0, th, tw)
         np.matmul(v.transpose(1, 2, 0), dm.transpose(1, 0, 2), out=part)
         du += part
-    taps = _GG.T.astype(xp.dtype) @ du.reshape(36, c * f)  # [(i, j), c, f]
+    taps = (_GG.T.astype(du.dtype) @ du.reshape(36, c * f)).astype(xp.dtype, copy=False)  # [(i, j), c, f]
     return np.ascontiguousarray(taps.reshape(3, 3, c, f).transpose(3, 2, 0, 1))
