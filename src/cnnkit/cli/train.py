@@ -157,6 +157,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATIENCE",
         help="stop after PATIENCE epochs without a better validation loss; keep the best weights",
     )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="the model's floating-point type (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<model>-<data>)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -192,7 +198,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 #: Settings that a resumed run may change (they do not change the results).
-NOT_SAVED = ("func", "command", "threads", "verbose", "force", "resume", "out")
+NOT_SAVED = ("func", "command", "threads", "verbose", "force", "resume", "out", "rank", "processes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from .signals import sigterm_as_sigint
 
     start = time.perf_counter()
+    args.rank, args.processes = _processes(args)  # under mpiexec: before any work, mpi4py must be there
     resume = None
     if args.resume:
         args, resume = _resumed_args(args)
@@ -224,11 +231,36 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{data_label(args.data)}"
     names = ("model.cnnkit", "metrics.json", "curves.png", "checkpoint.cnnkit")
     paths = {name: out / name for name in names}
-    if resume is None:
-        guard_outputs(paths.values(), args.force)
-    check_output_dir(out, "--out")
-    with sigterm_as_sigint(), blas_threads(args.threads, "train") as threads:
+    if args.rank == 0:  # the one process that writes
+        if resume is None:
+            guard_outputs(paths.values(), args.force)
+        check_output_dir(out, "--out")
+    with sigterm_as_sigint(), blas_threads(args.threads, "train") as threads, _quiet_unless(args.rank == 0):
         return _train(args, out, paths, start, threads, resume)
+
+
+def _processes(args: argparse.Namespace) -> tuple[int, int]:
+    """``(rank, processes)`` under ``mpiexec`` (one model trained on all of them), else ``(0, 1)``."""
+    from ..errors import ConfigError
+    from ..training.distributed import process_group
+
+    rank, size = process_group()
+    if size > 1 and args.batch_size < size:
+        raise ConfigError(
+            f"--batch-size {args.batch_size} is smaller than the {size} processes: it is the global batch, "
+            f"split among them; give at least {size}"
+        )
+    return rank, size
+
+
+def _quiet_unless(chief: bool) -> Any:
+    """Only rank 0 prints to stdout (errors still reach stderr from every process)."""
+    import contextlib
+    import os
+
+    if chief:
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
 
 
 def _resumed_args(args: argparse.Namespace) -> tuple[argparse.Namespace, Any]:
@@ -285,6 +317,7 @@ def _check_saved(settings: dict, path: Any) -> None:
         "limit": lambda v: v is None or is_int(v, 1),
         "early_stopping": lambda v: v is None or is_int(v, 1),
         "augment": lambda v: v is None or isinstance(v, dict),
+        "dtype": lambda v: v in ("float32", "float64"),
     }
     for key, ok in checks.items():
         if key in settings and not ok(settings[key]):
@@ -353,6 +386,8 @@ def _train(
         new_head=args.new_head and fresh,
         freeze_prefixes=args.freeze,
     )
+    if args.dtype != "float32":
+        model.astype(args.dtype)
     print(
         f"model: {args.model}, input {'x'.join(map(str, data.input_shape))}, {model.count_params():,} parameters"
     )
@@ -393,7 +428,11 @@ def _train(
         resume_from=None if resume is None else str(args.resume),
     )
     timing = {"load_s": load_s, "train_s": time.perf_counter() - t0}
-    final_name, final_data, final = _final_metrics(model, data, normalize, history.interrupted)
+    final_name, final_data, final = _final_metrics(
+        model, data, normalize, history.interrupted, args.processes
+    )
+    if args.rank != 0:  # rank 0 writes the files
+        return 130 if history.interrupted else 0
     metadata = {
         **model.metadata,
         "training": {
@@ -405,6 +444,8 @@ def _train(
             "augment": augment.get_config() if augment is not None else None,
             "seed": args.seed,
             "blas_threads": threads,
+            "dtype": args.dtype,
+            "processes": args.processes,
         },
         f"{final_name}_metrics": final,
     }
@@ -473,9 +514,10 @@ def _callbacks(args: argparse.Namespace) -> list:
 
 
 def _final_metrics(
-    model: Any, data: Any, normalize: Any, interrupted: bool = False
+    model: Any, data: Any, normalize: Any, interrupted: bool = False, processes: int = 1
 ) -> tuple[str, Any, dict | None]:
-    """Loss and accuracy on the test split when the data set has one, else on the validation split.
+    """Loss and accuracy on the test split when the data set has one, else on the validation split
+    (shared among the processes under mpiexec).
 
     After an interruption, another Ctrl-C skips this measurement (the files are written without it).
     """
@@ -489,8 +531,13 @@ def _final_metrics(
         return name, None, None
     if interrupted:
         print(f"measuring {name} accuracy (Ctrl-C again to skip it)", file=sys.stderr)
+    loader = DataLoader(split, 256, shuffle=False, transform=normalize)
     try:
-        return name, split, evaluate(model, DataLoader(split, 256, shuffle=False, transform=normalize))
+        if processes > 1:
+            from ..training.distributed_trainer import evaluate_shared
+
+            return name, split, evaluate_shared(model, loader)
+        return name, split, evaluate(model, loader)
     except KeyboardInterrupt:
         if not interrupted:
             raise
@@ -516,7 +563,7 @@ def _metrics(
         "input_shape": list(data.input_shape),
         "data": data.summary(),
         "preprocess": model.metadata["preprocess"],
-        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command", "rank")},
         "history": history.to_dict(),
         "epochs_run": len(history),
         "interrupted": bool(history.interrupted),

@@ -250,7 +250,14 @@ class Augment:
         x = _check_batch(x, "Augment")
         if self.is_identity:
             return x.copy()
-        p = self.sample(x.shape[0], self._rng if rng is None else rng)
+        return self.apply(x, self.sample(x.shape[0], self._rng if rng is None else rng))
+
+    def apply(self, x: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        """Augment ``x`` with parameters from :meth:`sample` (one row per image; a slice of a larger
+        batch's draw gives each image what it gets in the whole batch: training on several processes)."""
+        x = _check_batch(x, "Augment")
+        if self.is_identity:
+            return x.copy()
         if not self.geometric:
             out = x.copy()
             out[p["flip"]] = out[p["flip"]][..., ::-1]

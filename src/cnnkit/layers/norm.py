@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,9 @@ class _BatchNorm:
         check_number(eps, "eps", self.name, low=0.0, high=1.0, low_open=True)
         self.momentum = float(momentum)
         self.eps = float(eps)
+        #: Sum over processes (SyncBatchNorm semantics, see :mod:`cnnkit.ops.norm`); set by distributed
+        #: training for its duration, None otherwise. Not part of the config.
+        self.sync: Callable[[np.ndarray], np.ndarray] | None = None
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         if len(input_shape) != self._per_sample_ndim:
@@ -74,6 +78,7 @@ class _BatchNorm:
                 training,
                 self.momentum,
                 self.eps,
+                allreduce=self.sync,
             )
         except ShapeError as err:
             raise ShapeError(f"{self.name}: {err}") from None

@@ -10,11 +10,20 @@ are updated in place exactly as PyTorch does::
     running_var  = (1 - momentum) * running_var  + momentum * sigma^2 * m / (m - 1)   # unbiased
 
 Inference: the running statistics take the place of ``mu`` and ``sigma^2`` (nothing is updated).
+
+**Synchronised statistics** (SyncBatchNorm semantics, for a batch split across processes): given
+``allreduce`` (a function that returns the element-wise sum of a float64 vector over all processes), the
+forward pass sums per-channel counts and sums, then sums of squared deviations from the global mean, so
+every process normalises with the statistics of the *whole* batch and updates the running statistics as
+one process would (with the global ``m``). The backward pass sums its two per-channel reductions the same
+way before forming ``dx``; the ``dgamma``/``dbeta`` it returns are this process's own share of the sums
+(the trainer sums parameter gradients over the processes afterwards, as for every other layer).
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -198,6 +207,35 @@ def _batch_stats(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, _colsum(xc, xc) / m
 
 
+def _sync_stats(
+    rows: np.ndarray, allreduce: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and biased variance over the rows of every process, and the total row count.
+
+    Two sums over the processes: ``[count, sum x]``, then ``sum (x - mean)^2`` around the global mean
+    (rounded to ``x``'s dtype, as the single-process NumPy path does), all in float64.
+    """
+    m_local, c = rows.shape
+    first = np.empty(c + 1, np.float64)
+    first[0] = m_local
+    first[1:] = _colsum(rows) if m_local else 0.0
+    first = _checked_sum(allreduce, first)
+    m = int(round(first[0]))
+    if m == 0:
+        return np.zeros(c), np.zeros(c), 0
+    mean64 = first[1:] / m
+    xc = rows - mean64.astype(rows.dtype)
+    second = _checked_sum(allreduce, _colsum(xc, xc) if m_local else np.zeros(c))
+    return mean64, np.maximum(second / m, 0.0), m
+
+
+def _checked_sum(allreduce: Callable[[np.ndarray], np.ndarray], v: np.ndarray) -> np.ndarray:
+    out = np.asarray(allreduce(v), dtype=np.float64)
+    if out.shape != v.shape:
+        raise ShapeError(f"{_OP}: allreduce must return an array of shape {v.shape}, got {out.shape}")
+    return out
+
+
 def batch_norm_forward(
     x: np.ndarray,
     gamma: np.ndarray | None,
@@ -207,6 +245,7 @@ def batch_norm_forward(
     training: bool,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    allreduce: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, tuple]:
     """Batch normalisation of ``x`` ``(N, C)`` or ``(N, C, H, W)`` (notes §8.3). Returns ``(y, cache)``.
 
@@ -217,7 +256,8 @@ def batch_norm_forward(
     Computed per channel as ``a = gamma / sqrt(sigma^2 + eps)``, then ``y = (x - mu) a + beta`` in one
     pass (not ``x a + (beta - mu a)``, which loses float32 digits when sigma is small next to mu); the
     statistics are accumulated in float64 and the mean is subtracted in two parts, so nothing of it is
-    lost to rounding.
+    lost to rounding. ``allreduce``: synchronised statistics over processes (module docstring); it is
+    used in training only.
     The work is done on ``(N*H*W, C)`` rows: a view of a channels-last ``x`` (what the convolutions
     return), else a channels-last copy, so both layouts give the same values bit for bit. ``y`` (and
     the backward's ``dx``) of an image batch has channels-last memory, which the next convolution reads
@@ -236,15 +276,19 @@ def batch_norm_forward(
     momentum = _check_real(momentum, "momentum", 0.0, 1.0)
     eps = _check_real(eps, "eps", 0.0, 1.0, low_open=True)
     m = x.size // c if c else 0
+    sync = allreduce if training else None
+    rows = _rows(x)
+    if sync is not None:
+        mean64, var64, m = _sync_stats(rows, sync)
     if training and m <= 1:
         raise ShapeError(
             f"{_OP}: training needs more than 1 value per channel (N * H * W > 1), got input shape {x.shape}"
         )
     if not training and (running_mean is None or running_var is None):
         raise ConfigError(f"{_OP}: inference (training=False) needs running_mean and running_var, got None")
-    rows = _rows(x)
     if training:
-        mean64, var64 = _batch_stats(rows)
+        if sync is None:
+            mean64, var64 = _batch_stats(rows)
         if running_mean is not None:
             running_mean *= 1.0 - momentum
             running_mean += (momentum * mean64).astype(x.dtype)
@@ -273,7 +317,7 @@ def batch_norm_forward(
         out_rows -= mean_lo
         out_rows *= a
         out_rows += shift
-    return out, (rows, x.shape, mean, inv_std, gamma, beta is not None, training)
+    return out, (rows, x.shape, mean, inv_std, gamma, beta is not None, training, m, sync)
 
 
 def batch_norm_backward(
@@ -292,7 +336,7 @@ def batch_norm_backward(
     ``dx = dy p + (x - mu) q + r`` with per-channel ``p = gamma / std``,
     ``q = -p dgamma / (m std)``, ``r = -p dbeta / m`` (``q = r = 0`` in inference).
     """
-    rows, shape, mean, inv_std, gamma, has_beta, training = cache
+    rows, shape, mean, inv_std, gamma, has_beta, training, m_total, sync = cache
     dout = check_array(dout, "batch_norm_backward", name="dout")
     if dout.shape != shape:
         raise ShapeError(f"batch_norm_backward: dout must have the output's shape {shape}, got {dout.shape}")
@@ -309,9 +353,14 @@ def batch_norm_backward(
         xc = rows - mean
         dbeta64, dxc64 = _colsum(drows), _colsum(drows, xc)
     dgamma64 = dxc64 * inv_std
+    # The dx terms use the sums over the whole batch: this process's own, or all processes' (sync).
+    dbeta_all, dgamma_all = dbeta64, dgamma64
+    if sync is not None:
+        total = _checked_sum(sync, np.concatenate([dbeta64, dxc64]))
+        dbeta_all, dgamma_all = total[:c], total[c:] * inv_std
     p = inv_std if gamma is None else gamma * inv_std
-    q = (-p * inv_std * (dgamma64 / m)).astype(dt) if training else None
-    r = (-p * (dbeta64 / m)).astype(dt) if training else None
+    q = (-p * inv_std * (dgamma_all / m_total)).astype(dt) if training else None
+    r = (-p * (dbeta_all / m_total)).astype(dt) if training else None
     dx, dx_rows = _alloc(shape, dt)
     kernel = _compiled(_grad_input_kernel) if training else None
     if kernel is not None:

@@ -102,6 +102,7 @@ def fit(
     clip_norm: float | None = None,
     class_names: Sequence[str] | None = None,
     trainer_class: type[Trainer] = Trainer,
+    distributed: str | bool | None = None,
 ) -> History:
     """Train ``model`` to classify ``x`` as ``y`` with softmax cross-entropy; returns a :class:`History`.
 
@@ -138,6 +139,11 @@ def fit(
     trainer_class:
         The :class:`Trainer` subclass that runs the epochs (default :class:`Trainer`), e.g. a
         data-parallel trainer that overrides ``train_step``; see :mod:`cnnkit.training.trainer`.
+    distributed:
+        ``"mpi"``: train one model on every process of the MPI job (``batch_size`` is the global batch,
+        split among them; :mod:`cnnkit.training.distributed`). None (default): the same when the process
+        was started by ``mpiexec`` with more than one process, else one process. False: one process,
+        even under ``mpiexec`` (each rank trains alone).
 
     The metrics per epoch are ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy`` (with validation),
     ``lr``, ``time`` (seconds) and ``images_per_sec``. Every argument and the data are checked before the
@@ -208,6 +214,10 @@ def fit(
         "verbose": verbose,
         "metrics": [*metrics, "lr", "time", "images_per_sec"],
     }
+    if distributed is not False:
+        from .distributed_trainer import choose_trainer
+
+        trainer_class = choose_trainer(distributed, trainer_class, params["batch_size"], op)
     trainer = trainer_class(
         model,
         train,
