@@ -20,14 +20,9 @@ import pytest
 from PIL import Image
 
 from cnnkit.cli import build_parser, main
-from cnnkit.cli._common import (
-    auto_threads,
-    busy_cores,
-    format_table,
-    parse_augment,
-    parse_image_size,
-    parse_shape,
-)
+from cnnkit.cli._args import parse_augment, parse_image_size, parse_shape
+from cnnkit.cli._table import format_table
+from cnnkit.cli._threads import auto_threads, busy_cores
 from cnnkit.errors import ConfigError
 
 CLASSES = ["bars", "dots", "plain"]

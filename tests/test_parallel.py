@@ -123,7 +123,7 @@ def test_numpy_imported_first_gets_its_openblas_reloaded():
 
 
 def test_cli_threads_limit_the_kernel_threads_too():
-    from cnnkit.cli._common import blas_threads
+    from cnnkit.cli._threads import blas_threads
 
     with blas_threads(1, "test") as limit:
         assert limit == 1 and _parallel.threads() == 1
