@@ -14,18 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-FASHION_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+from cnnkit.data.datasets import FASHION_MNIST_CLASSES
+
+FASHION_CLASSES = list(FASHION_MNIST_CLASSES)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
